@@ -1,0 +1,1 @@
+"""The LangGraph graph: state, wiring, routing and stop rules, resume."""

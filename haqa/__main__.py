@@ -1,0 +1,3 @@
+from haqa.cli import main
+
+raise SystemExit(main())

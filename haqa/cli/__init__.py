@@ -1,0 +1,56 @@
+"""The ``haqa`` command line. One Typer app; each group of commands lives in its own module.
+
+``main`` is the one place where a ``HaqaError`` becomes a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from haqa.errors import HaqaError
+
+app = typer.Typer(
+    name="haqa",
+    help="Hardware-aware quantization agent: fine-tune (QLoRA), export to GGUF, and tune "
+    "llama.cpp on this machine, measured, with every result stored in DuckDB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    # Imported for their side effect of adding commands; each module keeps heavy imports lazy.
+    from haqa.cli import accuracy, hardware, speed, store_views, zoo  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except HaqaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

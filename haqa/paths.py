@@ -1,0 +1,37 @@
+"""Where haqa keeps its files: the cache home (zoo models, artifacts) and the store.
+
+``HAQA_HOME`` overrides the cache home; by default it is the user's cache directory, so a model
+built once by ``haqa zoo build`` is reused by every project on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DB_NAME = "haqa.duckdb"
+
+
+def haqa_home() -> Path:
+    """The cache home: ``$HAQA_HOME`` or ``<user cache dir>/haqa``."""
+    env = os.environ.get("HAQA_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("haqa", appauthor=False))
+
+
+def zoo_dir() -> Path:
+    """Models built by the zoo, one folder per zoo name."""
+    return haqa_home() / "zoo"
+
+
+def artifacts_dir() -> Path:
+    """Content-addressed artifacts (adapters, GGUF files): never produced twice."""
+    return haqa_home() / "artifacts"
+
+
+def default_db_path() -> Path:
+    """The store: ``haqa.duckdb`` in the working directory, as DESIGN.md says."""
+    return Path.cwd() / DEFAULT_DB_NAME

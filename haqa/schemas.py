@@ -1,0 +1,159 @@
+"""The domain's configuration and result types, shared by tools, agents, store and CLI.
+
+Pydantic models at every boundary: a fine-tune config, a deploy config, a goal, and the metrics a
+trial produces. Field descriptions are written for the reader of ``haqa --help`` and for an LLM
+reading the tool schema, so they say units and why a knob matters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BnbQuant = Literal["nf4", "fp4", "int8"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+Stage = Literal["finetune", "deploy"]
+TrialStatus = Literal["ok", "failed", "rejected", "pruned"]
+
+#: llama.cpp quantization types haqa can produce (``llama_model_quantize`` ftype names).
+GGUF_QUANT_TYPES: tuple[str, ...] = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q2_K",
+)
+GgufQuantType = Literal[
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q2_K",
+]
+#: KV-cache element types llama.cpp accepts for ``type_k`` / ``type_v``.
+KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+
+DEFAULT_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FinetuneConfig(Strict):
+    """QLoRA hyper-parameters: how the base is quantized, the adapter, and the optimiser."""
+
+    quant: BnbQuant = Field("nf4", description="bitsandbytes weight type of the frozen base")
+    double_quant: bool = Field(True, description="quantize the 4-bit scales too (saves memory)")
+    compute_dtype: ComputeDtype = Field("float32", description="dtype of the matmuls")
+    lora_r: int = Field(8, ge=1, le=256, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, le=1024, description="LoRA scaling numerator (alpha/r)")
+    lora_dropout: float = Field(0.0, ge=0.0, le=0.5, description="dropout on the LoRA input")
+    target_modules: tuple[str, ...] = Field(
+        DEFAULT_TARGET_MODULES, min_length=1, description="module names that get an adapter"
+    )
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    batch_size: int = Field(16, ge=1, le=1024, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, le=256, description="micro-batches per optimiser step")
+    max_steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps (if no epochs)")
+    epochs: float | None = Field(
+        None, gt=0.0, le=100.0, description="passes over the data; overrides max_steps"
+    )
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5, description="share of steps warming up")
+    max_seq_len: int = Field(128, ge=8, le=32768, description="tokens per training example")
+    seed: int = Field(0, ge=0, description="seed for init, dropout and data order")
+
+
+class RuntimeSettings(Strict):
+    """llama.cpp runtime settings for one GGUF file (what llama-bench varies)."""
+
+    n_threads: int = Field(1, ge=1, le=1024, description="threads for generation")
+    n_threads_batch: int | None = Field(
+        None, ge=1, le=1024, description="threads for prompt processing (None: n_threads)"
+    )
+    n_batch: int = Field(2048, ge=1, le=65536, description="logical batch (tokens per decode call)")
+    n_ubatch: int = Field(512, ge=1, le=65536, description="physical batch (tokens per graph)")
+    flash_attn: bool = Field(False, description="fused attention kernel")
+    type_k: KvCacheType = Field("f16", description="KV-cache K element type")
+    type_v: KvCacheType = Field("f16", description="KV-cache V element type (quantized needs FA)")
+    n_ctx: int = Field(4096, ge=16, le=1_048_576, description="context length (KV-cache size)")
+    use_mmap: bool = Field(True, description="map the model file instead of reading it")
+    use_mlock: bool = Field(False, description="pin the model in RAM")
+    n_gpu_layers: int = Field(0, ge=0, le=1000, description="layers offloaded to the GPU")
+
+    @model_validator(mode="after")
+    def _check(self) -> RuntimeSettings:
+        # llama.cpp silently clamps n_ubatch to n_batch; reject it instead so trials are honest.
+        if self.n_ubatch > self.n_batch:
+            raise ValueError(f"n_ubatch ({self.n_ubatch}) must be <= n_batch ({self.n_batch})")
+        # A quantized V cache needs flash attention in llama.cpp; without it the context fails.
+        if self.type_v not in ("f16", "f32", "bf16") and not self.flash_attn:
+            raise ValueError(f"type_v={self.type_v} needs flash_attn=true")
+        return self
+
+    @property
+    def threads_batch(self) -> int:
+        return self.n_threads_batch or self.n_threads
+
+
+class DeployConfig(RuntimeSettings):
+    """One llama.cpp deployment: the GGUF quantization type plus the runtime settings."""
+
+    quant_type: GgufQuantType = Field("Q4_K_M", description="GGUF tensor type of the weights")
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return RuntimeSettings(**self.model_dump(exclude={"quant_type"}))
+
+
+class TrialMetrics(BaseModel):
+    """What a trial measured; all optional (a fine-tune has no tok/s, a bench no accuracy)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accuracy: float | None = Field(None, description="multiple-choice accuracy, 0..1")
+    acc_norm: float | None = Field(None, description="length-normalised accuracy, 0..1")
+    prefill_tps: float | None = Field(None, description="prompt processing tokens/s (pp)")
+    decode_tps: float | None = Field(None, description="generation tokens/s (tg)")
+    peak_mem_bytes: int | None = Field(None, description="peak resident memory of the trial")
+    artifact_bytes: int | None = Field(None, description="size of the produced artifact")

@@ -1,0 +1,272 @@
+"""Search spaces as data: each knob has a name, a type, its range or choices, a default and a
+description. Agents read them (the LLM sees them in its static prompt), optimisers sample them,
+and ``SearchSpace.validate`` checks a proposal, naming the offending knob and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from haqa.errors import HaqaError
+
+KnobKind = Literal["int", "float", "categorical", "bool"]
+Scalar = int | float | str | bool
+
+
+class Knob(BaseModel):
+    """One tunable setting."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: KnobKind
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Scalar, ...] | None = None
+    default: Scalar
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Knob:
+        numeric = self.kind in ("int", "float")
+        if numeric and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"knob {self.name}: numeric knobs need low <= high")
+        if self.kind == "categorical" and not self.choices:
+            raise ValueError(f"knob {self.name}: categorical knobs need choices")
+        return self
+
+    def allowed(self) -> str:
+        """The allowed values, as a user reads them in an error message."""
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "categorical":
+            return "one of " + ", ".join(str(c) for c in self.choices or ())
+        kind = "an integer" if self.kind == "int" else "a number"
+        return f"{kind} in [{_fmt(self.low)}, {_fmt(self.high)}]"
+
+    def check(self, value: Any) -> Scalar:
+        """The value if allowed (ints widened to floats where the knob is float), else HaqaError."""
+        bad = HaqaError(f"knob '{self.name}' = {value!r} is not allowed: use {self.allowed()}")
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.kind == "categorical":
+            if isinstance(value, bool) or value not in (self.choices or ()):
+                raise bad
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        if self.kind == "int" and not float(value).is_integer():
+            raise bad
+        low, high = self.low, self.high
+        if math.isnan(value) or low is None or high is None or not low <= value <= high:
+            raise bad
+        return int(value) if self.kind == "int" else float(value)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "?"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e6 else f"{x:g}"
+
+
+class SearchSpace(BaseModel):
+    """An ordered set of knobs for one stage."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Literal["finetune", "deploy"]
+    knobs: tuple[Knob, ...] = Field(min_length=1)
+
+    def knob(self, name: str) -> Knob:
+        for knob in self.knobs:
+            if knob.name == name:
+                return knob
+        raise HaqaError(
+            f"unknown knob '{name}' for the {self.stage} stage: use one of {', '.join(self.names)}"
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [k.name for k in self.knobs]
+
+    def defaults(self) -> dict[str, Scalar]:
+        return {k.name: k.default for k in self.knobs}
+
+    def validate_config(self, proposal: Mapping[str, Any]) -> dict[str, Scalar]:
+        """Checked values for the knobs named in ``proposal``; the first bad knob raises."""
+        return {name: self.knob(name).check(value) for name, value in proposal.items()}
+
+    def restrict(self, **choices: Sequence[Scalar]) -> SearchSpace:
+        """A copy with some categorical knobs narrowed (e.g. threads up to this machine's cores)."""
+        knobs = []
+        for knob in self.knobs:
+            if knob.name in choices:
+                allowed = tuple(choices[knob.name])
+                default = knob.default if knob.default in allowed else allowed[0]
+                knob = knob.model_copy(update={"choices": allowed, "default": default})
+            knobs.append(knob)
+        return self.model_copy(update={"knobs": tuple(knobs)})
+
+
+def finetune_space() -> SearchSpace:
+    """QLoRA hyper-parameters worth tuning, with ranges a practitioner would search."""
+    return SearchSpace(
+        stage="finetune",
+        knobs=(
+            Knob(
+                name="learning_rate",
+                kind="float",
+                low=1e-5,
+                high=1e-1,
+                log=True,
+                default=2e-3,
+                description="peak AdamW learning rate; the knob that matters most",
+            ),
+            Knob(
+                name="lora_r",
+                kind="categorical",
+                choices=(2, 4, 8, 16, 32),
+                default=8,
+                description="LoRA rank: capacity of the adapter",
+            ),
+            Knob(
+                name="lora_alpha",
+                kind="categorical",
+                choices=(4, 8, 16, 32, 64),
+                default=16,
+                description="LoRA alpha; the update is scaled by alpha/r",
+            ),
+            Knob(
+                name="lora_dropout",
+                kind="float",
+                low=0.0,
+                high=0.3,
+                default=0.0,
+                description="dropout on the adapter input",
+            ),
+            Knob(
+                name="max_steps",
+                kind="int",
+                low=10,
+                high=2000,
+                log=True,
+                default=150,
+                description="optimiser steps",
+            ),
+            Knob(
+                name="batch_size",
+                kind="categorical",
+                choices=(4, 8, 16, 32),
+                default=16,
+                description="examples per micro-batch",
+            ),
+            Knob(
+                name="quant",
+                kind="categorical",
+                choices=("nf4", "fp4", "int8"),
+                default="nf4",
+                description="bitsandbytes type of the frozen base weights",
+            ),
+            Knob(
+                name="double_quant",
+                kind="bool",
+                default=True,
+                description="quantize the 4-bit scales too",
+            ),
+            Knob(
+                name="warmup_ratio",
+                kind="float",
+                low=0.0,
+                high=0.3,
+                default=0.05,
+                description="share of steps spent warming up the learning rate",
+            ),
+        ),
+    )
+
+
+#: The quantization types the kernel tuner searches (llama.cpp's common CPU/GPU types).
+DEPLOY_QUANT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K")
+
+
+def deploy_space(logical_cores: int | None = None) -> SearchSpace:
+    """llama.cpp deployment knobs; threads are bounded by the target machine's logical cores."""
+    cores = logical_cores or 64
+    threads = tuple(sorted({1, 2, 4, 8, 16, 32, 64, cores} & set(range(1, cores + 1))))
+    return SearchSpace(
+        stage="deploy",
+        knobs=(
+            Knob(
+                name="quant_type",
+                kind="categorical",
+                choices=(
+                    "F16",
+                    "Q8_0",
+                    "Q6_K",
+                    "Q5_K_M",
+                    "Q4_K_M",
+                    "Q4_0",
+                    "IQ4_NL",
+                    "Q3_K_M",
+                    "Q2_K",
+                ),
+                default="Q4_K_M",
+                description="GGUF weight type: bytes read per token vs accuracy",
+            ),
+            Knob(
+                name="n_threads",
+                kind="categorical",
+                choices=threads,
+                default=threads[-1],
+                description="threads for generation (decode is bandwidth-bound)",
+            ),
+            Knob(
+                name="n_threads_batch",
+                kind="categorical",
+                choices=threads,
+                default=threads[-1],
+                description="threads for prompt processing (compute-bound)",
+            ),
+            Knob(
+                name="n_batch",
+                kind="categorical",
+                choices=(128, 256, 512, 1024, 2048),
+                default=2048,
+                description="logical batch for prompt processing",
+            ),
+            Knob(
+                name="n_ubatch",
+                kind="categorical",
+                choices=(32, 64, 128, 256, 512),
+                default=512,
+                description="physical batch per compute graph",
+            ),
+            Knob(
+                name="flash_attn",
+                kind="bool",
+                default=False,
+                description="fused attention; needed for a quantized V cache",
+            ),
+            Knob(
+                name="type_k",
+                kind="categorical",
+                choices=("f16", "q8_0", "q4_0"),
+                default="f16",
+                description="KV-cache K type",
+            ),
+            Knob(
+                name="type_v",
+                kind="categorical",
+                choices=("f16", "q8_0", "q4_0"),
+                default="f16",
+                description="KV-cache V type (quantized needs flash_attn)",
+            ),
+        ),
+    )

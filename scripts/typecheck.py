@@ -1,0 +1,42 @@
+"""Run mypy on the installed layout: ``haqa.tools`` is the ``tools/`` folder, and so on.
+
+mypy cannot follow the editable install's import hook, so this builds a tree of symlinks that
+looks like the installed package (``.typecheck/haqa/tools -> ../../tools``) and checks that.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPED = {"tools": "tools", "agents": "agents", "graph": "graph", "tui": "tui"}
+
+
+def main() -> int:
+    tree = ROOT / ".typecheck"
+    shutil.rmtree(tree, ignore_errors=True)
+    pkg = tree / "haqa"
+    pkg.mkdir(parents=True)
+    for entry in (ROOT / "haqa").iterdir():
+        if entry.name == "__pycache__":
+            continue
+        (pkg / entry.name).symlink_to(entry)
+    for name, folder in MAPPED.items():
+        (pkg / name).symlink_to(ROOT / folder)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(ROOT / "pyproject.toml"),
+        "-p",
+        "haqa",
+    ]
+    return subprocess.call(cmd, cwd=tree)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
