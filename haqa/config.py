@@ -86,6 +86,7 @@ def validation_message(exc: ValidationError) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    msg = msg.replace("Input should be", "must be")
     value = err.get("input")
     shown = f" = {value!r}" if not isinstance(value, dict | list) else ""
     return f"'{where}'{shown}: {msg}"

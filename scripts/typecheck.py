@@ -1,4 +1,4 @@
-"""Run mypy on the installed layout: ``haqa.tools`` is the ``tools/`` folder, and so on.
+"""Run mypy and the import contracts on the installed layout: ``haqa.tools`` is the ``tools/`` folder, and so on.
 
 mypy cannot follow the editable install's import hook, so this builds a tree of symlinks that
 looks like the installed package (``.typecheck/haqa/tools -> ../../tools``) and checks that.
@@ -6,6 +6,7 @@ looks like the installed package (``.typecheck/haqa/tools -> ../../tools``) and 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,16 +27,13 @@ def main() -> int:
         (pkg / entry.name).symlink_to(entry)
     for name, folder in MAPPED.items():
         (pkg / name).symlink_to(ROOT / folder)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mypy",
-        "--config-file",
-        str(ROOT / "pyproject.toml"),
-        "-p",
-        "haqa",
-    ]
-    return subprocess.call(cmd, cwd=tree)
+    config = str(ROOT / "pyproject.toml")
+    cmd = [sys.executable, "-m", "mypy", "--config-file", config, "-p", "haqa"]
+    status = subprocess.call(cmd, cwd=tree)
+    # import-linter reads the same tree, so the contracts see `haqa.tools` where it is installed.
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    lint = [str(Path(sys.executable).with_name("lint-imports")), "--config", config]
+    return status or subprocess.call(lint, cwd=tree, env=env)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from haqa.store import RunRecord, Store, TrialRecord, TrialResult
 
 console = Console()
 err_console = Console(stderr=True)
+if not console.is_terminal:
+    # Piped or captured output: wide tables stay readable instead of folding at 80 columns.
+    console.width = max(console.width, 160)
 
 DbOption = Annotated[
     Path | None,

@@ -1,0 +1,162 @@
+"""The store's contract: what any implementation must do (one suite, as Optuna's storage tests)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from haqa.errors import HaqaError
+from haqa.schemas import TrialMetrics
+from haqa.store import SCHEMA_VERSION, Store, TrialResult, utcnow
+
+
+def _trial(stage: str = "deploy", accuracy: float | None = 0.5, **config: object) -> TrialResult:
+    start = utcnow()
+    return TrialResult(
+        stage=stage,
+        tool="benchmark_llamacpp",
+        config=dict(config) or {"quant_type": "Q4_0"},
+        metrics=TrialMetrics(accuracy=accuracy, decode_tps=12.5, peak_mem_bytes=1 << 20),
+        started_at=start,
+        finished_at=start + timedelta(seconds=2),
+    )
+
+
+def test_run_lifecycle_roundtrip(store: Store) -> None:
+    run = store.create_run(model="zoo:tiny", brain="expert", goal={"metric": "decode_tps"})
+    assert store.get_run(run.run_id).status == "running"
+    store.finish_run(run.run_id, "finished", result={"best": 1})
+    got = store.get_run(run.run_id)
+    assert got.status == "finished"
+    assert got.result == {"best": 1}
+    assert got.finished_at is not None
+    assert [r.run_id for r in store.list_runs()] == [run.run_id]
+
+
+def test_trials_are_numbered_per_run_and_persist_across_connections(db_path: Path) -> None:
+    store = Store(db_path)
+    a = store.create_run(model="m", brain="manual")
+    b = store.create_run(model="m", brain="manual")
+    t1 = store.add_trial(a.run_id, _trial(quant_type="Q4_0"))
+    t2 = store.add_trial(a.run_id, _trial(quant_type="Q8_0"))
+    t3 = store.add_trial(b.run_id, _trial(stage="finetune", accuracy=0.9, learning_rate=1e-3))
+    assert (t1.trial_id, t2.trial_id, t3.trial_id) == (1, 2, 1)
+    assert t1.duration_s == pytest.approx(2.0)
+
+    reopened = Store(db_path)
+    rows = reopened.list_trials(a.run_id)
+    assert [(r.trial_id, r.config["quant_type"]) for r in rows] == [(1, "Q4_0"), (2, "Q8_0")]
+    assert rows[0].metrics.decode_tps == 12.5
+    assert reopened.list_trials(stage="finetune")[0].metrics.accuracy == 0.9
+    assert len(reopened.list_trials()) == 3
+
+
+def test_failed_and_rejected_trials_keep_their_reason(store: Store) -> None:
+    run = store.create_run(model="m", brain="expert")
+    start = utcnow()
+    store.add_trial(
+        run.run_id,
+        TrialResult(
+            stage="deploy",
+            tool="estimate_memory",
+            config={"quant_type": "F16"},
+            status="rejected",
+            error="predicted 7.1 GiB > budget 4 GiB",
+            started_at=start,
+            finished_at=start,
+        ),
+    )
+    (row,) = store.list_trials(run.run_id, status=["rejected"])
+    assert row.error == "predicted 7.1 GiB > budget 4 GiB"
+    assert row.metrics.decode_tps is None
+
+
+def test_stored_trials_are_frozen(store: Store) -> None:
+    run = store.create_run(model="m", brain="manual")
+    rec = store.add_trial(run.run_id, _trial())
+    with pytest.raises(Exception, match="frozen"):
+        rec.status = "failed"  # type: ignore[misc]
+
+
+def test_messages_keep_order_and_tool_payloads(store: Store) -> None:
+    run = store.create_run(model="m", brain="openai")
+    store.add_message(run.run_id, agent="supervisor", role="system", content="start")
+    store.add_message(
+        run.run_id,
+        agent="tuner",
+        role="tool",
+        content="called",
+        tool_name="estimate_memory",
+        tool_args={"quant_type": "Q4_0"},
+        tool_result={"total_bytes": 123},
+    )
+    msgs = store.list_messages(run.run_id)
+    assert [m.seq for m in msgs] == [1, 2]
+    assert msgs[1].tool_args == {"quant_type": "Q4_0"}
+    assert msgs[1].tool_result == {"total_bytes": 123}
+    assert [m.seq for m in store.list_messages(run.run_id, after_seq=1)] == [2]
+
+
+def test_unknown_run_is_a_clear_error(store: Store) -> None:
+    with pytest.raises(HaqaError, match="not in"):
+        store.get_run("nope")
+
+
+def test_not_a_duckdb_file_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.duckdb"
+    bogus.write_text("hello, I am a text file\n" * 100)
+    with pytest.raises(HaqaError) as info:
+        Store(bogus)
+    assert "\n" not in str(info.value)
+    assert str(bogus) in str(info.value)
+
+
+def test_missing_store_is_not_created_for_reading(tmp_path: Path) -> None:
+    with pytest.raises(HaqaError, match="does not exist"):
+        Store(tmp_path / "absent.duckdb", create=False)
+    assert not (tmp_path / "absent.duckdb").exists()
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    import duckdb
+
+    Store(db_path)
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "UPDATE haqa_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)]
+    )
+    con.close()
+    with pytest.raises(HaqaError, match="upgrade haqa"):
+        Store(db_path)
+
+
+def _hold_lock(path: str, ready: multiprocessing.synchronize.Event, done: object) -> None:
+    import duckdb
+
+    con = duckdb.connect(path)
+    ready.set()
+    done.wait(30)  # type: ignore[attr-defined]
+    con.close()
+
+
+def test_store_locked_by_another_process_is_a_clear_error(db_path: Path) -> None:
+    Store(db_path)
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(db_path), ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        slow = Store.__new__(Store)
+        slow.path = db_path
+        slow.lock_timeout_s = 0.3
+        with pytest.raises(HaqaError, match="locked by another process"):
+            slow.create_run(model="m", brain="manual")
+    finally:
+        done.set()
+        holder.join(30)
+    # Once the other writer is gone, the same store works again.
+    assert Store(db_path).create_run(model="m", brain="manual").status == "running"
