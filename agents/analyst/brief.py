@@ -1,0 +1,141 @@
+"""The hardware brief: facts from the probe and implications from the microbenchmarks.
+
+The ranking of quantization types is the hardware-aware part. Decode reads every weight once per
+token, so its time per token is about Σ bytes(type) ÷ the speed at which *this machine's kernel for
+that type* consumes weights. The microbenchmarks measure that speed (llama.cpp GEMV on a one-layer
+GGUF of the target's shapes, per type); a type the microbenchmarks did not cover is assumed to run
+at the measured memory bandwidth. Prompt processing is compute-bound and ranked by the measured
+GEMM time instead. On a machine without fast 4-bit kernels this ranks Q8_0 above Q4 types —
+the counter-intuitive choice the paper reports — because it was measured, not assumed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Bits per weight of each llama.cpp type (block overhead included; K_M mixes approximated).
+BITS_PER_WEIGHT = {
+    "F32": 32.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 6.5625,
+    "Q5_K_M": 5.69,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
+    "Q4_K_M": 4.89,
+    "Q4_K_S": 4.58,
+    "Q4_0": 4.5,
+    "Q4_1": 5.0,
+    "IQ4_NL": 4.5,
+    "IQ4_XS": 4.25,
+    "Q3_K_M": 3.91,
+    "Q3_K_L": 4.27,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.35,
+}
+#: The kernel family a mixed type mostly runs (for reading microbenchmark rows).
+KERNEL_FAMILY = {
+    "Q4_K_M": "Q4_K",
+    "Q4_K_S": "Q4_K",
+    "Q5_K_M": "Q5_K",
+    "Q5_K_S": "Q5_K",
+    "Q3_K_M": "Q3_K",
+    "Q3_K_L": "Q3_K",
+    "Q3_K_S": "Q3_K",
+}
+
+
+def _llama_rows(micro: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = micro.get("rows") or []
+    return [r for r in rows if str(r.get("backend", "")).startswith("llama")]
+
+
+def _best_time(rows: list[dict[str, Any]], dtype: str, gemv: bool) -> float | None:
+    """Fastest measured seconds for a llama.cpp type, GEMV (m = 1) or GEMM (m > 1)."""
+    times = [
+        float(r["seconds"])
+        for r in rows
+        if str(r.get("dtype", "")).upper() == dtype.upper()
+        and (int(r.get("m", 1)) == 1) == gemv
+        and r.get("seconds")
+    ]
+    return min(times) if times else None
+
+
+def rank_quant_types(
+    quant_types: list[str], micro: dict[str, Any], bandwidth_bytes_per_s: float | None
+) -> tuple[list[str], list[str], dict[str, float]]:
+    """Types ordered by predicted decode speed and by predicted prefill speed (fastest first),
+    and the predicted decode-time factor of each (relative; lower is faster)."""
+    rows = _llama_rows(micro)
+    # Measured weight-consumption speed (bits/s) per family, from GEMV time at the same shapes.
+    ref_bits: dict[str, float] = {}
+    for q in quant_types:
+        family = KERNEL_FAMILY.get(q, q)
+        t = _best_time(rows, family, gemv=True)
+        if t:
+            ref_bits[q] = BITS_PER_WEIGHT.get(q, 16.0) / t
+    bandwidth_bits = (bandwidth_bytes_per_s or 0.0) * 8
+    decode_cost: dict[str, float] = {}
+    for q in quant_types:
+        bits = BITS_PER_WEIGHT.get(q, 16.0)
+        if q in ref_bits:
+            decode_cost[q] = bits / ref_bits[q]
+        elif ref_bits:
+            # Unmeasured: assume it streams weights as fast as the fastest measured kernel.
+            decode_cost[q] = bits / max(ref_bits.values())
+        elif bandwidth_bits:
+            decode_cost[q] = bits / bandwidth_bits
+        else:
+            decode_cost[q] = bits
+    decode_rank = sorted(quant_types, key=lambda q: (decode_cost[q], -BITS_PER_WEIGHT.get(q, 16)))
+    prefill_cost: dict[str, float] = {}
+    for q in quant_types:
+        t = _best_time(rows, KERNEL_FAMILY.get(q, q), gemv=False)
+        prefill_cost[q] = t if t else float("inf")
+    prefill_rank = sorted(
+        quant_types, key=lambda q: (prefill_cost[q], decode_cost[q], -BITS_PER_WEIGHT.get(q, 16))
+    )
+    return decode_rank, prefill_rank, decode_cost
+
+
+def make_brief(
+    profile: dict[str, Any], micro: dict[str, Any], quant_types: list[str]
+) -> dict[str, Any]:
+    """The brief as data (for brains) plus a text rendering (for prompts and the report)."""
+    bandwidth = (profile.get("bandwidth") or {}).get("read_bytes_per_s")
+    decode_rank, prefill_rank, cost = rank_quant_types(quant_types, micro, bandwidth)
+    flags = [k for k, v in (profile.get("flags") or {}).items() if v]
+    facts = [
+        f"CPU: {profile.get('cpu_model', '?')} ({profile.get('arch', '?')}), "
+        f"{profile.get('physical_cores', '?')} physical / {profile.get('logical_cores', '?')} "
+        "logical cores",
+        f"ISA flags: {', '.join(flags) or 'none of interest'}",
+        f"RAM: {(profile.get('ram_total_bytes') or 0) / 2**30:.1f} GiB total, "
+        f"{(profile.get('ram_available_bytes') or 0) / 2**30:.1f} GiB available",
+    ]
+    if bandwidth:
+        facts.append(f"measured memory read bandwidth (all cores): {bandwidth / 1e9:.1f} GB/s")
+    for gpu in profile.get("gpus") or []:
+        facts.append(f"GPU: {gpu.get('name')} (compute capability {gpu.get('compute_capability')})")
+    implications = list(micro.get("implications") or [])
+    fastest = decode_rank[0] if decode_rank else None
+    if fastest:
+        implications.append(
+            "predicted decode order on this machine (fastest first): " + ", ".join(decode_rank)
+        )
+    text = "\n".join(["Facts:", *[f"- {f}" for f in facts], "Measured implications:"])
+    text += "\n" + "\n".join(f"- {i}" for i in implications) if implications else ""
+    return {
+        "facts": facts,
+        "implications": implications,
+        "quant_decode_rank": decode_rank,
+        "quant_prefill_rank": prefill_rank,
+        "decode_cost": cost,
+        "physical_cores": profile.get("physical_cores"),
+        "logical_cores": profile.get("logical_cores"),
+        "bandwidth_bytes_per_s": bandwidth,
+        "fingerprint": profile.get("fingerprint"),
+        "text": text,
+    }

@@ -1,0 +1,55 @@
+"""The hardware analyst: probe the machine, microbenchmark the kernels, write the brief."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haqa.agents.analyst.brief import make_brief
+from haqa.agents.common import ensure_system_prompt, static_prompt
+from haqa.agents.runtime import ROLE_TOOL_CALL, ROLE_TOOL_RESULT, RunRuntime
+
+AGENT = "analyst"
+
+
+def _summarise_micro(micro: dict[str, Any]) -> dict[str, Any]:
+    """The microbenchmark result without its bulk, for the trace."""
+    return {
+        "implications": micro.get("implications", []),
+        "rows": len(micro.get("rows") or []),
+    }
+
+
+def analyst_step(rt: RunRuntime) -> dict[str, Any]:
+    ensure_system_prompt(
+        rt, AGENT, static_prompt(AGENT, model=rt.model_summary, goal=rt.goal.describe())
+    )
+    rt.say(AGENT, ROLE_TOOL_CALL, "probe_hardware()", tool_name="probe_hardware", tool_args={})
+    profile = rt.toolbox.probe()
+    rt.say(
+        AGENT,
+        ROLE_TOOL_RESULT,
+        f"probed {profile.get('cpu_model')}",
+        tool_name="probe_hardware",
+        tool_result=profile,
+    )
+    rt.say(
+        AGENT, ROLE_TOOL_CALL, "microbench_kernels()", tool_name="microbench_kernels", tool_args={}
+    )
+    micro = rt.toolbox.microbench()
+    rt.say(
+        AGENT,
+        ROLE_TOOL_RESULT,
+        "; ".join(micro.get("implications") or []) or "microbenchmarks done",
+        tool_name="microbench_kernels",
+        tool_result=micro,
+    )
+    quant_types = [str(q) for q in (rt.deploy_space.knob("quant_type").choices or ())]
+    brief = make_brief(profile, micro, quant_types)
+    rt.store.set_run_hardware(
+        rt.run_id,
+        fingerprint=str(profile.get("fingerprint")),
+        hardware={"profile": profile, "brief": brief, "microbench": _summarise_micro(micro)},
+    )
+    rt.say(AGENT, "assistant", brief["text"])
+    rt.mark("analysed", "hardware brief written", brief=brief)
+    return {}

@@ -1,0 +1,36 @@
+"""Brains: every decision-maker behind one interface (``Brain``), one module each."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from haqa.agents.brains.base import Brain, DecisionContext, Proposal
+from haqa.agents.brains.expert import ExpertBrain
+from haqa.errors import HaqaError
+
+if TYPE_CHECKING:
+    from haqa.graph.run import RunConfig
+    from haqa.store import Store
+
+__all__ = ["Brain", "DecisionContext", "ExpertBrain", "Proposal", "make_brain"]
+
+
+def make_brain(cfg: RunConfig, store: Store) -> Brain:
+    """The brain a run config names; LLM clients are imported only when asked for."""
+    if cfg.brain == "expert":
+        return ExpertBrain()
+    if cfg.brain == "openai":
+        from haqa.agents.brains.openai_brain import OpenAIBrain
+
+        return OpenAIBrain(cfg.llm_base_url, cfg.llm_model)
+    if cfg.brain == "llamacpp":
+        from haqa.agents.brains.llamacpp_brain import LlamaCppBrain
+
+        return LlamaCppBrain(cfg.llm_gguf)
+    if cfg.brain == "replay":
+        from haqa.agents.brains.replay import ReplayBrain
+
+        if not cfg.replay_run:
+            raise HaqaError("the replay brain needs the run to replay (haqa replay RUN --rerun)")
+        return ReplayBrain(store, cfg.replay_run)
+    raise HaqaError(f"unknown brain {cfg.brain!r}: use expert, openai, llamacpp or replay")

@@ -1,0 +1,165 @@
+"""The fine-tuning planner: one QLoRA trial per step, within its budget."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from haqa.agents.brains.base import DecisionContext
+from haqa.agents.common import (
+    decide,
+    dynamic_prompt,
+    ensure_system_prompt,
+    last_feedback,
+    record_decision,
+    run_trial,
+    space_text,
+    static_prompt,
+)
+from haqa.agents.readonly import RunReadOnlyTools
+from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
+from haqa.agents.supervisor.gate import admit
+from haqa.graph.routing import stage_stop_reason
+from haqa.schemas import FinetuneConfig
+from haqa.units import format_bytes
+
+AGENT = "planner"
+STAGE: Final = "finetune"
+
+
+def base_trial(rt: RunRuntime) -> Any:
+    """The base model's accuracy, measured once: what fine-tuning must beat."""
+    for t in rt.trials(STAGE):
+        if t.config.get("role") == "base":
+            return t
+    trial = run_trial(
+        rt,
+        agent=AGENT,
+        stage=STAGE,
+        tool="evaluate",
+        config={"role": "base"},
+        work=rt.toolbox.evaluate_base,
+    )
+    acc = trial.metrics.accuracy
+    rt.say(
+        AGENT,
+        ROLE_OBSERVATION,
+        f"base model accuracy on the validation split: {acc:.3f}"
+        if acc is not None
+        else f"base evaluation failed: {trial.error}",
+    )
+    return trial
+
+
+def best_adapter(rt: RunRuntime) -> tuple[str | None, float | None]:
+    """The adapter of the most accurate fine-tune, if it beats the base model."""
+    views = rt.views(STAGE)
+    base = next((t for t in rt.trials(STAGE) if t.config.get("role") == "base"), None)
+    base_acc = base.metrics.accuracy if base else None
+    ok = [v for v in views if v.feasible and v.accuracy is not None]
+    if not ok:
+        return None, base_acc
+    best = max(ok, key=lambda v: v.accuracy or 0.0)
+    if base_acc is not None and (best.accuracy or 0.0) <= base_acc:
+        return None, base_acc
+    trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
+    return getattr(trial.metrics, "adapter_path", None), best.accuracy
+
+
+def planner_step(rt: RunRuntime) -> dict[str, Any]:
+    brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
+    ensure_system_prompt(
+        rt,
+        AGENT,
+        static_prompt(
+            AGENT,
+            model=rt.model_summary,
+            goal=rt.goal.describe(),
+            brief=brief.get("text", "(none)"),
+            space=space_text(rt.finetune_space),
+        ),
+    )
+    base_trial(rt)
+    views = rt.views(STAGE)
+    stop = stage_stop_reason(
+        views,
+        budget=rt.budgets.finetune_trials,
+        patience=rt.budgets.patience,
+        elapsed_s=rt.elapsed_s,
+        wall_clock_s=rt.budgets.wall_clock_s,
+    )
+    if stop is None and rt.control.stop.is_set():
+        stop = "stopped by the user"
+    if stop:
+        return finish_stage(rt, stop)
+
+    knobs = rt.finetune_space.names
+    feedback = last_feedback(rt, AGENT)
+    budget_left = rt.budgets.finetune_trials - sum(
+        1 for v in views if v.status in ("ok", "failed", "rejected")
+    )
+    prompt = dynamic_prompt(
+        rt, views=views, knobs=knobs, budget_left=budget_left, feedback=feedback
+    )
+    rt.say(AGENT, ROLE_USER, prompt)
+    ctx = DecisionContext(
+        run_id=rt.run_id,
+        agent=AGENT,
+        stage=STAGE,
+        space=rt.finetune_space,
+        goal=rt.goal,
+        static_prompt=static_prompt(
+            AGENT,
+            model=rt.model_summary,
+            goal=rt.goal.describe(),
+            brief=brief.get("text", "(none)"),
+            space=space_text(rt.finetune_space),
+        ),
+        dynamic_prompt=prompt,
+        history=views,
+        defaults=dict(rt.finetune_defaults),
+        budget_left=budget_left,
+        feedback=feedback,
+        brief=brief,
+        tools=RunReadOnlyTools(rt, STAGE, dict(rt.finetune_defaults)),
+        trace=rt.trace,
+        seed=rt.seed,
+    )
+    proposal, parsed = decide(rt, ctx, parse=FinetuneConfig.model_validate)
+    record_decision(rt, AGENT, proposal)
+    if proposal.action == "finish" or parsed is None:
+        return finish_stage(rt, f"{rt.brain.name} chose to finish: {proposal.thought}")
+    config = FinetuneConfig.model_validate(proposal.config)
+
+    if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
+        return {}
+
+    trial = run_trial(
+        rt,
+        agent=AGENT,
+        stage=STAGE,
+        tool="run_qlora",
+        config=proposal.config,
+        work=lambda: rt.toolbox.finetune(config),
+    )
+    if trial.status == "ok":
+        rt.say(
+            AGENT,
+            ROLE_OBSERVATION,
+            f"trial {trial.trial_id}: validation accuracy {trial.metrics.accuracy:.3f}, "
+            f"peak memory {format_bytes(trial.metrics.peak_mem_bytes)}",
+        )
+    else:
+        rt.say(AGENT, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
+    return {}
+
+
+def finish_stage(rt: RunRuntime, reason: str) -> dict[str, Any]:
+    adapter, accuracy = best_adapter(rt)
+    rt.mark(
+        "finetune_done",
+        f"fine-tuning stage finished: {reason}; best adapter: {adapter or 'none (base model)'}",
+        reason=reason,
+        adapter=adapter,
+        accuracy=accuracy,
+    )
+    return {}

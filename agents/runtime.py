@@ -1,0 +1,172 @@
+"""What every node of one run shares: the store, the run, the goal, the brain, the tools, the trace.
+
+The store is the system of record: a node reads the history it needs from it at each step, so a
+resumed run rebuilds its state by reading what was recorded, and nothing lives only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from haqa.agents.brains.base import Brain, TrialView
+from haqa.agents.brains.expert import ExpertBrain
+from haqa.agents.toolbox import Toolbox
+from haqa.goal import Goal
+from haqa.graph.routing import Budgets
+from haqa.space import SearchSpace
+from haqa.store import MessageRecord, Store, TrialRecord
+
+#: Roles written to ``messages``.
+ROLE_SYSTEM = "system"  # an agent's static prompt
+ROLE_USER = "user"  # an agent's dynamic prompt for one step
+ROLE_THOUGHT = "thought"
+ROLE_TOOL_CALL = "tool_call"
+ROLE_TOOL_RESULT = "tool_result"
+ROLE_DECISION = "decision"  # what the node acted on (what the replay brain serves)
+ROLE_INVALID = "invalid"  # a proposal that failed validation, with the reason
+ROLE_OBSERVATION = "observation"  # what the agent is told after a trial or a rejection
+ROLE_SUPERVISOR = "supervisor"  # routing, stage ends, the memory gate, the result
+
+EventSink = Callable[[MessageRecord], None]
+
+
+@dataclass
+class RunControl:
+    """Pause and stop requests from outside the graph (the TUI, a signal handler)."""
+
+    pause: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def wait_if_paused(self) -> None:
+        while self.pause.is_set() and not self.stop.is_set():
+            time.sleep(0.05)
+
+
+@dataclass
+class RunRuntime:
+    store: Store
+    run_id: str
+    goal: Goal
+    brain: Brain
+    toolbox: Toolbox
+    budgets: Budgets
+    finetune_space: SearchSpace
+    deploy_space: SearchSpace
+    finetune_defaults: dict[str, Any]
+    model_summary: str
+    expert: ExpertBrain = field(default_factory=ExpertBrain)
+    on_event: EventSink | None = None
+    control: RunControl = field(default_factory=RunControl)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    seed: int = 0
+    invalid_proposals: int = 0
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def say(
+        self,
+        agent: str,
+        role: str,
+        content: str,
+        *,
+        tool_name: str | None = None,
+        tool_args: dict[str, Any] | None = None,
+        tool_result: Any = None,
+    ) -> MessageRecord:
+        """Append to the trace (committed now) and tell any live listener."""
+        record = self.store.add_message(
+            self.run_id,
+            agent=agent,
+            role=role,
+            content=content,
+            tool_name=tool_name,
+            tool_args=tool_args,
+            tool_result=tool_result,
+        )
+        if self.on_event is not None:
+            self.on_event(record)
+        return record
+
+    def trace(self, **entry: Any) -> None:
+        """What a brain's inner loop records (read-only tool calls), as ``say`` takes it."""
+        self.say(
+            str(entry.pop("agent")), str(entry.pop("role")), str(entry.pop("content")), **entry
+        )
+
+    def messages(self) -> list[MessageRecord]:
+        return self.store.list_messages(self.run_id)
+
+    def supervisor_marks(self) -> set[str]:
+        """Stage marks in the trace (``analysed``, ``finetune_done``…); resume reads them."""
+        marks = set()
+        for m in self.messages():
+            if m.role == ROLE_SUPERVISOR and m.tool_name == "mark" and m.tool_args:
+                marks.add(str(m.tool_args.get("mark")))
+        return marks
+
+    def mark(self, mark: str, content: str, **payload: Any) -> None:
+        self.say(
+            "supervisor",
+            ROLE_SUPERVISOR,
+            content,
+            tool_name="mark",
+            tool_args={"mark": mark, **payload},
+        )
+
+    def last_mark_payload(self, mark: str) -> dict[str, Any] | None:
+        found = None
+        for m in self.messages():
+            args = m.tool_args or {}
+            if m.role == ROLE_SUPERVISOR and m.tool_name == "mark" and args.get("mark") == mark:
+                found = args
+        return found
+
+    def trials(self, stage: str | None = None) -> list[TrialRecord]:
+        return self.store.list_trials(self.run_id, stage=stage)
+
+    def views(self, stage: str, reference_accuracy: float | None = None) -> list[TrialView]:
+        """The stage's search trials as brains see them (baselines and references left out)."""
+        out = []
+        for t in self.trials(stage):
+            if t.config.get("role") in ("baseline", "reference", "base"):
+                continue
+            m = t.metrics
+            if stage == "finetune":
+                objective = m.accuracy
+                feasible = t.status == "ok" and m.accuracy is not None
+            else:
+                objective = self.goal.objective(m) if t.status == "ok" else None
+                feasible = t.status == "ok" and objective is not None
+                if feasible and reference_accuracy is not None and m.accuracy is not None:
+                    floor = reference_accuracy - self.goal.max_accuracy_drop - 1e-9
+                    feasible = m.accuracy >= floor
+                budget = self.goal.memory_budget_bytes
+                if feasible and budget is not None and m.peak_mem_bytes is not None:
+                    feasible = m.peak_mem_bytes <= budget
+            out.append(
+                TrialView(
+                    trial_id=t.trial_id,
+                    stage=t.stage,
+                    config={k: v for k, v in t.config.items() if k != "role"},
+                    status=t.status,
+                    error=t.error,
+                    accuracy=m.accuracy,
+                    prefill_tps=m.prefill_tps,
+                    decode_tps=m.decode_tps,
+                    peak_mem_bytes=m.peak_mem_bytes,
+                    objective=objective,
+                    feasible=feasible,
+                )
+            )
+        return out
+
+
+def canonical(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)

@@ -1,0 +1,39 @@
+"""The supervisor's memory gate: every proposed configuration is estimated before it runs.
+
+Over budget → a ``rejected`` trial with the predicted figure and an observation to the agent; the
+configuration is never executed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haqa.agents.common import record_rejection
+from haqa.agents.runtime import RunRuntime
+from haqa.schemas import DeployConfig, FinetuneConfig
+from haqa.units import format_bytes
+
+
+def admit(
+    rt: RunRuntime, *, agent: str, config: FinetuneConfig | DeployConfig, raw: dict[str, Any]
+) -> bool:
+    """True when the configuration may run; otherwise the rejection is recorded."""
+    budget = rt.goal.memory_budget_bytes
+    if budget is None:
+        return True
+    if isinstance(config, DeployConfig):
+        stage, estimate = "deploy", rt.toolbox.estimate_deploy(config)
+    else:
+        stage, estimate = "finetune", rt.toolbox.estimate_finetune(config)
+    predicted = int(estimate.get("total_bytes", 0))
+    if predicted <= budget:
+        return True
+    record_rejection(
+        rt,
+        agent=agent,
+        stage=stage,
+        config=raw,
+        predicted=predicted,
+        reason=f"predicted peak {format_bytes(predicted)} > budget {format_bytes(budget)}",
+    )
+    return False

@@ -1,0 +1,209 @@
+"""What the agents can do to the world, as one small interface over the typed tools.
+
+``LiveToolbox`` composes the real tools (fine-tune, evaluate, export, quantize, benchmark, probe,
+estimate); a recorded grid can stand behind the same interface. Each method does its work once:
+artifacts are cached by the tools themselves, and measurements that do not depend on the runtime
+settings (a quant type's deployed accuracy) are cached here per run.
+
+The joint study follows the paper: the deploy stage starts from the best fine-tuned adapter and
+measures deployed accuracy on each quantized GGUF of it. With a separate *speed model* (a
+realistic-shape model such as ``zoo:bench-200m``), tokens/s and memory are measured on that model
+quantized to the same type, while accuracy comes from the fine-tuned model — the honest way to
+study speed at realistic shapes on a machine where the accurate model is tiny.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+
+
+class ToolboxSettings(BaseModel):
+    """How the live tools are driven in a run (sizes chosen for a 2-core machine by default)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Path
+    speed_model: Path | None = None
+    train_files: list[Path]
+    validation_files: list[Path]
+    test_files: list[Path]
+    eval_limit: int | None = 100
+    n_prompt: int = 256
+    n_gen: int = 64
+    repetitions: int = 3
+
+
+class Toolbox(Protocol):
+    def probe(self) -> dict[str, Any]: ...
+
+    def microbench(self) -> dict[str, Any]: ...
+
+    def evaluate_base(self) -> TrialMetrics: ...
+
+    def finetune(self, config: FinetuneConfig) -> TrialMetrics: ...
+
+    def reference(self, adapter: str | None) -> TrialMetrics: ...
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics: ...
+
+    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics: ...
+
+    def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]: ...
+
+    def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]: ...
+
+    def final_test(self, config: DeployConfig, adapter: str | None) -> float: ...
+
+
+class LiveToolbox:
+    """Runs the real tools in this process."""
+
+    def __init__(self, settings: ToolboxSettings) -> None:
+        self.s = settings
+        self._accuracy_by_quant: dict[tuple[str | None, str], float] = {}
+        self._bandwidth: float | None = None
+
+    # -- hardware --------------------------------------------------------------------------
+
+    def probe(self) -> dict[str, Any]:
+        from haqa.tools.probe_hardware import Args, probe_hardware
+
+        profile = probe_hardware(Args())
+        if profile.bandwidth is not None:
+            self._bandwidth = profile.bandwidth.read_bytes_per_s
+        return dict(profile.model_dump(mode="json"))
+
+    def microbench(self) -> dict[str, Any]:
+        from haqa.tools.microbench_kernels import Args, microbench_kernels
+
+        shapes = self._shape_source()
+        result = microbench_kernels(Args(model_config=shapes))
+        return dict(result.model_dump(mode="json"))
+
+    def _shape_source(self) -> Path:
+        """The model whose layer shapes matter for speed: the speed model when there is one."""
+        return self.s.speed_model or self.s.model
+
+    # -- accuracy side ---------------------------------------------------------------------
+
+    def _evaluate(self, model: Path, adapter: Path | None, files: list[Path]) -> TrialMetrics:
+        from haqa.tools.evaluate import Args, evaluate
+
+        result = evaluate(
+            Args(model=model, adapter=adapter, task_files=files, limit=self.s.eval_limit)
+        )
+        return TrialMetrics(
+            accuracy=result.accuracy,
+            acc_norm=result.acc_norm,
+            per_kind={k: v.model_dump() for k, v in result.per_kind.items()},
+            eval_backend=result.backend,
+        )
+
+    def evaluate_base(self) -> TrialMetrics:
+        return self._evaluate(self.s.model, None, self.s.validation_files)
+
+    def finetune(self, config: FinetuneConfig) -> TrialMetrics:
+        from haqa.tools.run_qlora import Args, run_qlora
+
+        trained = run_qlora(Args(model=self.s.model, config=config, train_files=self.s.train_files))
+        scored = self._evaluate(self.s.model, trained.adapter_path, self.s.validation_files)
+        return TrialMetrics(
+            **scored.model_dump(),
+            peak_mem_bytes=trained.peak_mem_bytes,
+            adapter_path=str(trained.adapter_path),
+            final_loss=trained.final_loss,
+            train_time_s=trained.train_time_s,
+        )
+
+    # -- deployment side -------------------------------------------------------------------
+
+    def _gguf(self, adapter: str | None, quant_type: str) -> Path:
+        """The fine-tuned model as GGUF of this type (cached by content in the artifact store)."""
+        from haqa.tools.export_gguf import Args, export_gguf
+
+        return export_gguf(
+            Args(
+                model=self.s.model,
+                adapter=Path(adapter) if adapter else None,
+                quant_type=quant_type,  # type: ignore[arg-type]
+            )
+        ).gguf_path
+
+    def _speed_gguf(self, adapter: str | None, quant_type: str) -> Path:
+        if self.s.speed_model is None:
+            return self._gguf(adapter, quant_type)
+        from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
+
+        if quant_type in ("F16",) and self.s.speed_model.suffix == ".gguf":
+            return self.s.speed_model
+        return quantize_gguf(
+            QuantizeArgs(gguf=self.s.speed_model, quant_type=quant_type)  # type: ignore[arg-type]
+        ).gguf_path
+
+    def _deployed_accuracy(self, adapter: str | None, quant_type: str) -> float:
+        key = (adapter, quant_type)
+        if key not in self._accuracy_by_quant:
+            gguf = self._gguf(adapter, quant_type)
+            scored = self._evaluate(gguf, None, self.s.validation_files)
+            self._accuracy_by_quant[key] = float(scored.accuracy or 0.0)
+        return self._accuracy_by_quant[key]
+
+    def reference(self, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics(accuracy=self._deployed_accuracy(adapter, "F16"))
+
+    def _benchmark(self, gguf: Path, runtime: RuntimeSettings) -> TrialMetrics:
+        from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp
+
+        result = benchmark_llamacpp(
+            Args(
+                model=gguf,
+                runtime=runtime,
+                n_prompt=self.s.n_prompt,
+                n_gen=self.s.n_gen,
+                repetitions=self.s.repetitions,
+                bandwidth_bytes_per_s=self._bandwidth,
+            )
+        )
+        return TrialMetrics(
+            prefill_tps=result.prefill_tps,
+            decode_tps=result.decode_tps,
+            peak_mem_bytes=result.peak_rss_bytes,
+            artifact_bytes=result.model_size,
+            roofline_efficiency=result.roofline_efficiency,
+            bytes_per_token=result.bytes_per_token,
+            benchmark=result.model_dump(mode="json", exclude={"samples_ns"}),
+            gguf=str(gguf),
+        )
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        accuracy = self._deployed_accuracy(adapter, config.quant_type)
+        speed = self._benchmark(self._speed_gguf(adapter, config.quant_type), config.runtime)
+        return TrialMetrics(**{**speed.model_dump(), "accuracy": accuracy})
+
+    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+        return self._benchmark(self._speed_gguf(None, quant_type), runtime)
+
+    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
+        gguf = self._gguf(adapter, config.quant_type)
+        return float(self._evaluate(gguf, None, self.s.test_files).accuracy or 0.0)
+
+    # -- memory gate -----------------------------------------------------------------------
+
+    def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
+        from haqa.tools.estimate_memory import DeployMemoryArgs, estimate_deploy_memory
+
+        # The model that is benchmarked decides memory; an HF folder is read from its config.
+        source = self.s.speed_model or self.s.model
+        estimate = estimate_deploy_memory(DeployMemoryArgs(model=source, config=config))
+        return dict(estimate.model_dump(mode="json"))
+
+    def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
+        from haqa.tools.estimate_memory import FinetuneMemoryArgs, estimate_finetune_memory
+
+        estimate = estimate_finetune_memory(FinetuneMemoryArgs(model=self.s.model, config=config))
+        return dict(estimate.model_dump(mode="json"))

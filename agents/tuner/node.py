@@ -1,0 +1,170 @@
+"""The kernel tuner: one deployment trial per step (quant type + llama.cpp settings)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from haqa.agents.brains.base import DecisionContext
+from haqa.agents.common import (
+    decide,
+    dynamic_prompt,
+    ensure_system_prompt,
+    last_feedback,
+    record_decision,
+    run_trial,
+    space_text,
+    static_prompt,
+)
+from haqa.agents.readonly import RunReadOnlyTools
+from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
+from haqa.agents.supervisor.gate import admit
+from haqa.graph.routing import stage_stop_reason
+from haqa.schemas import DeployConfig
+from haqa.units import format_bytes
+
+AGENT = "tuner"
+STAGE: Final = "deploy"
+
+
+def hardware_defaults(brief: dict[str, Any], logical_cores: int) -> dict[str, Any]:
+    """Where a practitioner starts: decode threads = physical cores (decode is bandwidth-bound and
+    hyper-threads share the load/store units), prompt threads = logical cores (compute-bound),
+    llama.cpp's default batches, f16 KV cache."""
+    physical = int(brief.get("physical_cores") or logical_cores)
+    return {
+        "n_threads": max(1, min(physical, logical_cores)),
+        "n_threads_batch": logical_cores,
+        "n_batch": 2048,
+        "n_ubatch": 512,
+        "flash_attn": False,
+        "type_k": "f16",
+        "type_v": "f16",
+    }
+
+
+def reference_accuracy(rt: RunRuntime, adapter: str | None) -> float | None:
+    """Accuracy of the fine-tuned model as F16 GGUF: what deployed types are compared with."""
+    for t in rt.trials(STAGE):
+        if t.config.get("role") == "reference":
+            return t.metrics.accuracy
+    trial = run_trial(
+        rt,
+        agent=AGENT,
+        stage=STAGE,
+        tool="evaluate",
+        config={"role": "reference", "quant_type": "F16", "adapter": adapter},
+        work=lambda: rt.toolbox.reference(adapter),
+    )
+    acc = trial.metrics.accuracy
+    rt.say(
+        AGENT,
+        ROLE_OBSERVATION,
+        f"reference accuracy (fine-tuned model, F16 GGUF): {acc:.3f}; a deployment is feasible "
+        f"at >= {acc - rt.goal.max_accuracy_drop:.3f}"
+        if acc is not None
+        else f"reference evaluation failed: {trial.error}",
+    )
+    return acc
+
+
+def tuner_step(rt: RunRuntime) -> dict[str, Any]:
+    brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
+    finetuned = rt.last_mark_payload("finetune_done") or {}
+    adapter = finetuned.get("adapter")
+    static = static_prompt(
+        AGENT,
+        model=rt.model_summary,
+        goal=rt.goal.describe(),
+        brief=brief.get("text", "(none)"),
+        space=space_text(rt.deploy_space),
+    )
+    ensure_system_prompt(rt, AGENT, static)
+    reference = reference_accuracy(rt, adapter)
+    views = rt.views(STAGE, reference)
+    best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
+    roofline = None
+    if best is not None:
+        trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
+        roofline = getattr(trial.metrics, "roofline_efficiency", None)
+    stop = stage_stop_reason(
+        views,
+        budget=rt.budgets.deploy_trials,
+        patience=rt.budgets.patience,
+        elapsed_s=rt.elapsed_s,
+        wall_clock_s=rt.budgets.wall_clock_s,
+        roofline=roofline,
+        roofline_stop=rt.budgets.roofline_stop,
+    )
+    if stop is None and rt.control.stop.is_set():
+        stop = "stopped by the user"
+    if stop:
+        rt.mark("deploy_done", f"deployment stage finished: {stop}", reason=stop)
+        return {}
+
+    logical = max(int(c) for c in (rt.deploy_space.knob("n_threads").choices or (1,)))
+    defaults = {"quant_type": "Q4_K_M", **hardware_defaults(brief, logical)}
+    knobs = rt.deploy_space.names
+    feedback = last_feedback(rt, AGENT)
+    budget_left = rt.budgets.deploy_trials - sum(
+        1 for v in views if v.status in ("ok", "failed", "rejected")
+    )
+    extra = (
+        f"Reference accuracy: {reference:.3f}; allowed drop {rt.goal.max_accuracy_drop:.3f}."
+        if reference is not None
+        else ""
+    )
+    prompt = dynamic_prompt(
+        rt, views=views, knobs=knobs, budget_left=budget_left, feedback=feedback, extra=extra
+    )
+    rt.say(AGENT, ROLE_USER, prompt)
+    ctx = DecisionContext(
+        run_id=rt.run_id,
+        agent=AGENT,
+        stage=STAGE,
+        space=rt.deploy_space,
+        goal=rt.goal,
+        static_prompt=static,
+        dynamic_prompt=prompt,
+        history=views,
+        defaults=defaults,
+        budget_left=budget_left,
+        feedback=feedback,
+        brief=brief,
+        tools=RunReadOnlyTools(rt, STAGE, defaults),
+        trace=rt.trace,
+        seed=rt.seed,
+    )
+    proposal, parsed = decide(rt, ctx, parse=DeployConfig.model_validate)
+    record_decision(rt, AGENT, proposal)
+    if proposal.action == "finish" or parsed is None:
+        rt.mark(
+            "deploy_done",
+            f"deployment stage finished: {rt.brain.name} chose to finish",
+            reason=f"{rt.brain.name} chose to finish: {proposal.thought}",
+        )
+        return {}
+    config = DeployConfig.model_validate(proposal.config)
+
+    if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
+        return {}
+
+    trial = run_trial(
+        rt,
+        agent=AGENT,
+        stage=STAGE,
+        tool="deploy_trial",
+        config=proposal.config,
+        work=lambda: rt.toolbox.deploy(config, adapter),
+    )
+    m = trial.metrics
+    if trial.status == "ok":
+        rt.say(
+            AGENT,
+            ROLE_OBSERVATION,
+            f"trial {trial.trial_id} ({config.quant_type}): accuracy {m.accuracy:.3f}, "
+            f"pp {m.prefill_tps or 0:.1f} tok/s, tg {m.decode_tps or 0:.1f} tok/s, "
+            f"peak {format_bytes(m.peak_mem_bytes)}",
+        )
+    else:
+        rt.say(AGENT, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
+    return {}

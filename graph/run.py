@@ -1,0 +1,216 @@
+"""Starting, resuming and re-running a run: config → runtime → graph → result.
+
+Resume reads everything from the store: the stage marks say where the run was, the stored trials
+are the history, and a trial whose configuration this run already finished is reused, never run
+again. The trial that was in flight when the run died is simply proposed and run again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from haqa.agents.brains import make_brain
+from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
+from haqa.agents.supervisor.result import RunResult
+from haqa.agents.toolbox import LiveToolbox, Toolbox, ToolboxSettings
+from haqa.errors import HaqaError
+from haqa.goal import Goal
+from haqa.graph.build import build_graph
+from haqa.graph.routing import Budgets
+from haqa.modelref import resolve_model
+from haqa.schemas import FinetuneConfig, Strict
+from haqa.space import deploy_space, finetune_space
+from haqa.store import Store
+
+BRAINS = ("expert", "openai", "llamacpp", "replay")
+
+
+class RunConfig(Strict):
+    """Everything that defines a run (stored with it, so resume and --rerun need nothing else)."""
+
+    model: str = Field("zoo:tiny", description="zoo:NAME or a Hugging Face model folder")
+    speed_model: str | None = Field(
+        None, description="model benchmarked for speed (zoo:bench-200m, a GGUF or HF folder)"
+    )
+    goal: str = Field("decode", description="decode, prefill or workload:PROMPT+GEN")
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="points below the reference")
+    memory_budget: str | None = Field(None, description="peak memory allowed, e.g. 4GiB")
+    brain: str = Field("expert", description="expert, openai, llamacpp or replay")
+    budgets: Budgets = Field(default_factory=Budgets)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    train: list[str] | None = Field(None, description="train JSONL files (default: the zoo's)")
+    validation: list[str] | None = Field(None, description="validation JSONL files")
+    test: list[str] | None = Field(None, description="test JSONL files")
+    eval_limit: int | None = Field(100, ge=1, description="examples per task file and split")
+    n_prompt: int = Field(256, ge=1, le=65536, description="benchmark prompt tokens (pp)")
+    n_gen: int = Field(64, ge=1, le=65536, description="benchmark generated tokens (tg)")
+    repetitions: int = Field(3, ge=1, le=100, description="benchmark repetitions")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
+    llm_model: str | None = Field(None, description="model name at that endpoint")
+    llm_gguf: str | None = Field(None, description="local GGUF instruct model (llamacpp brain)")
+    replay_run: str | None = Field(None, description="run whose decisions the replay brain serves")
+    seed: int = Field(0, ge=0)
+
+    def parsed_goal(self) -> Goal:
+        return Goal.parse(
+            self.goal,
+            max_accuracy_drop_points=self.max_accuracy_drop,
+            memory_budget=self.memory_budget,
+        )
+
+
+def _task_files(cfg: RunConfig, model_spec: str) -> tuple[list[Path], list[Path], list[Path]]:
+    from haqa.tasks import load_jsonl
+
+    if cfg.train or cfg.validation or cfg.test:
+        if not (cfg.train and cfg.validation and cfg.test):
+            raise HaqaError("pass --train, --validation and --test task files together")
+        split = [[Path(p) for p in files] for files in (cfg.train, cfg.validation, cfg.test)]
+        for files in split:
+            for f in files:
+                load_jsonl(f, limit=1)  # a clear error for a missing or malformed file, now
+        return split[0], split[1], split[2]
+    if not model_spec.startswith("zoo:"):
+        raise HaqaError(
+            f"model {model_spec} has no bundled tasks: pass --train, --validation and --test "
+            "JSONL files (see haqa/tasks.py for the format)"
+        )
+    from haqa import zoo
+
+    name = model_spec[len("zoo:") :]
+    return tuple(zoo.task_files(name, s) for s in ("train", "validation", "test"))  # type: ignore[return-value]
+
+
+def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
+    """Validate everything a run needs before anything is stored; build zoo models if needed."""
+    goal = cfg.parsed_goal()
+    if cfg.brain not in BRAINS:
+        raise HaqaError(f"unknown brain {cfg.brain!r}: use one of {', '.join(BRAINS)}")
+    model = resolve_model(cfg.model)
+    if model.kind != "hf":
+        raise HaqaError(
+            f"{cfg.model} is a GGUF file: `haqa run` fine-tunes, so pass a Hugging Face folder "
+            "(benchmark a GGUF with `haqa bench`, or pass it as --speed-model)"
+        )
+    speed = resolve_model(cfg.speed_model).path if cfg.speed_model else None
+    train, validation, test = _task_files(cfg, cfg.model)
+    settings = ToolboxSettings(
+        model=model.path,
+        speed_model=speed,
+        train_files=train,
+        validation_files=validation,
+        test_files=test,
+        eval_limit=cfg.eval_limit,
+        n_prompt=cfg.n_prompt,
+        n_gen=cfg.n_gen,
+        repetitions=cfg.repetitions,
+    )
+    summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
+    return goal, settings, summary
+
+
+def _runtime(
+    store: Store,
+    run_id: str,
+    cfg: RunConfig,
+    goal: Goal,
+    toolbox: Toolbox,
+    summary: str,
+    on_event: EventSink | None,
+    control: RunControl | None,
+) -> RunRuntime:
+    brain = make_brain(cfg, store)
+    return RunRuntime(
+        store=store,
+        run_id=run_id,
+        goal=goal,
+        brain=brain,
+        toolbox=toolbox,
+        budgets=cfg.budgets,
+        finetune_space=finetune_space(),
+        deploy_space=deploy_space(os.cpu_count() or 1),
+        finetune_defaults=cfg.finetune.model_dump(mode="json"),
+        model_summary=summary,
+        on_event=on_event,
+        control=control or RunControl(),
+        seed=cfg.seed,
+    )
+
+
+def start_run(
+    store: Store,
+    cfg: RunConfig,
+    *,
+    toolbox: Toolbox | None = None,
+    on_event: EventSink | None = None,
+    control: RunControl | None = None,
+    run_id: str | None = None,
+) -> tuple[str, RunResult | None]:
+    goal, settings, summary = prepare(cfg)
+    make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails before storing
+    record = store.create_run(
+        model=cfg.model,
+        brain=cfg.brain,
+        goal=goal.model_dump(mode="json"),
+        config=cfg.model_dump(mode="json"),
+        run_id=run_id,
+    )
+    rt = _runtime(
+        store,
+        record.run_id,
+        cfg,
+        goal,
+        toolbox or LiveToolbox(settings),
+        summary,
+        on_event,
+        control,
+    )
+    rt.say(
+        "supervisor",
+        ROLE_SUPERVISOR,
+        f"run {record.run_id}: {goal.describe()}; brain {rt.brain.name} ({rt.brain.kind})",
+    )
+    return record.run_id, _drive(rt)
+
+
+def resume_run(
+    store: Store,
+    run_id: str,
+    *,
+    toolbox: Toolbox | None = None,
+    on_event: EventSink | None = None,
+    control: RunControl | None = None,
+) -> RunResult | None:
+    record = store.get_run(run_id)
+    if record.status == "finished":
+        raise HaqaError(f"run {run_id} already finished: see `haqa replay {run_id}`")
+    cfg = RunConfig.model_validate(record.config or {})
+    goal, settings, summary = prepare(cfg)
+    store.set_run_status(run_id, "running")
+    rt = _runtime(
+        store, run_id, cfg, goal, toolbox or LiveToolbox(settings), summary, on_event, control
+    )
+    done = len(store.list_trials(run_id))
+    rt.say("supervisor", ROLE_SUPERVISOR, f"resumed run {run_id}: {done} finished trials kept")
+    return _drive(rt)
+
+
+def _drive(rt: RunRuntime) -> RunResult | None:
+    graph = build_graph(rt)
+    try:
+        final: dict[str, Any] = graph.invoke(
+            {"run_id": rt.run_id, "steps": 0}, {"recursion_limit": 10_000}
+        )
+    except BaseException:
+        # A crash or Ctrl-C leaves the run resumable; its finished trials are all stored.
+        rt.store.set_run_status(rt.run_id, "stopped")
+        raise
+    if final.get("route") == "stopped":
+        rt.store.set_run_status(rt.run_id, "stopped")
+        return None
+    run = rt.store.get_run(rt.run_id)
+    return RunResult.model_validate(run.result) if run.result else None

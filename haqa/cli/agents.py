@@ -1,0 +1,205 @@
+"""``haqa run``, ``haqa replay`` and ``haqa demo``: the agents' graph, headless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from haqa.cli import app
+from haqa.cli.common import DbOption, console, open_store
+from haqa.errors import HaqaError
+
+if TYPE_CHECKING:
+    from haqa.agents.supervisor.result import RunResult
+    from haqa.store import MessageRecord, Store
+
+AGENT_STYLE = {
+    "supervisor": "bold magenta",
+    "analyst": "cyan",
+    "planner": "green",
+    "tuner": "yellow",
+}
+QUIET_ROLES = {"system", "user", "tool_result"}
+
+
+def print_message(m: MessageRecord, *, verbose: bool = False) -> None:
+    """One trace entry as a line on the terminal (progress of a live run, or a replay)."""
+    if m.role in QUIET_ROLES and not verbose:
+        return
+    style = AGENT_STYLE.get(m.agent, "white")
+    text = m.content if verbose else m.content.splitlines()[0][:200] if m.content else ""
+    console.print(f"[dim]{m.seq:>4}[/] [{style}]{m.agent:<10}[/] [dim]{m.role:<11}[/] {text}")
+
+
+def _run_config(
+    config: Path | None, overrides: dict[str, Any], budget_overrides: dict[str, Any]
+) -> Any:
+    from haqa.config import build, read_toml
+    from haqa.graph.routing import Budgets
+    from haqa.graph.run import RunConfig
+
+    file_layer = read_toml(config) if config else {}
+    file_budgets = dict(file_layer.pop("budgets", {}) or {})
+    budgets = build(Budgets, file_budgets, budget_overrides, source="budgets")
+    return build(
+        RunConfig,
+        file_layer,
+        {k: v for k, v in overrides.items() if v is not None},
+        {"budgets": budgets},
+        source=str(config) if config else "run config",
+    )
+
+
+def _finish(store: Store, run_id: str, result: RunResult | None, report_dir: Path | None) -> None:
+    from haqa.report import write_report
+
+    if result is None:
+        console.print(f"run {run_id} stopped; continue it with `haqa run --resume {run_id}`")
+        return
+    path = write_report(store, run_id, report_dir or Path("haqa-reports") / run_id)
+    if not result.found:
+        console.print(f"report: {path}")
+        raise HaqaError(f"run {run_id}: {result.headline()}")
+    cfg = result.config or {}
+    console.rule(f"[bold]run {run_id} finished")
+    console.print(f"chosen: [bold]{cfg.get('quant_type')}[/] {_runtime_summary(cfg)}")
+    console.print(
+        f"deployed accuracy: {result.accuracy_validation:.3f} validation, "
+        f"{(result.accuracy_test or 0):.3f} test (reference {result.reference_accuracy}, "
+        f"base {result.base_accuracy})"
+    )
+    console.print(
+        f"decode {result.decode_tps or 0:.1f} tok/s, prefill {result.prefill_tps or 0:.1f} tok/s"
+    )
+    for quant, ratio in result.speedup_decode.items():
+        console.print(f"speedup vs llama.cpp defaults at {quant}: decode {ratio:.2f}x")
+    console.print(f"llama-server: {result.llama_server_cmd}")
+    console.print(f"report: {path}")
+
+
+def _runtime_summary(cfg: dict[str, Any]) -> str:
+    keys = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v")
+    return " ".join(f"{k}={cfg.get(k)}" for k in keys)
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[
+        str | None, typer.Option("--model", help="zoo:tiny or a Hugging Face model folder")
+    ] = None,
+    speed_model: Annotated[
+        str | None,
+        typer.Option("--speed-model", help="benchmark speed on this model (e.g. zoo:bench-200m)"),
+    ] = None,
+    goal: Annotated[
+        str | None, typer.Option("--goal", help="decode, prefill or workload:PROMPT+GEN")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option("--max-accuracy-drop", help="points below the reference")
+    ] = None,
+    memory_budget: Annotated[
+        str | None, typer.Option("--memory-budget", help="peak memory allowed, e.g. 4GiB")
+    ] = None,
+    brain: Annotated[
+        str | None, typer.Option("--brain", help="expert (default), openai, llamacpp")
+    ] = None,
+    finetune_trials: Annotated[int | None, typer.Option("--finetune-trials")] = None,
+    deploy_trials: Annotated[int | None, typer.Option("--deploy-trials")] = None,
+    patience: Annotated[int | None, typer.Option("--patience")] = None,
+    time_limit: Annotated[
+        float | None, typer.Option("--time-limit", help="seconds before no new trial starts")
+    ] = None,
+    finetune_steps: Annotated[
+        int | None, typer.Option("--finetune-steps", help="default max_steps of a fine-tune")
+    ] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit")] = None,
+    n_prompt: Annotated[int | None, typer.Option("--n-prompt")] = None,
+    n_gen: Annotated[int | None, typer.Option("--n-gen")] = None,
+    repetitions: Annotated[int | None, typer.Option("--repetitions")] = None,
+    llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model")] = None,
+    llm_gguf: Annotated[str | None, typer.Option("--llm-gguf")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML run config")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="continue a stopped or killed run")
+    ] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print whole messages")] = False,
+    db: DbOption = None,
+) -> None:
+    """Run the agents: fine-tune, quantize and tune llama.cpp for this machine, measured."""
+    from haqa.graph.run import resume_run, start_run
+
+    def on_event(m: MessageRecord) -> None:
+        print_message(m, verbose=verbose)
+
+    if resume:
+        store = open_store(db, create=False)
+        result = resume_run(store, resume, on_event=on_event)
+        _finish(store, resume, result, report_dir)
+        return
+    budgets = {
+        "finetune_trials": finetune_trials,
+        "deploy_trials": deploy_trials,
+        "patience": patience,
+        "wall_clock_s": time_limit,
+    }
+    cfg = _run_config(
+        config,
+        {
+            "model": model,
+            "speed_model": speed_model,
+            "goal": goal,
+            "max_accuracy_drop": max_accuracy_drop,
+            "memory_budget": memory_budget,
+            "brain": brain,
+            "eval_limit": eval_limit,
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+            "repetitions": repetitions,
+            "llm_base_url": llm_base_url,
+            "llm_model": llm_model,
+            "llm_gguf": llm_gguf,
+        },
+        {k: v for k, v in budgets.items() if v is not None},
+    )
+    if finetune_steps is not None:
+        cfg = cfg.model_copy(
+            update={"finetune": cfg.finetune.model_copy(update={"max_steps": finetune_steps})}
+        )
+    cfg.parsed_goal()  # one-line errors for the goal before anything is stored
+    store = open_store(db)
+    run_id, result = start_run(store, cfg, on_event=on_event)
+    _finish(store, run_id, result, report_dir)
+
+
+@app.command("replay")
+def replay_command(
+    run_id: Annotated[str, typer.Argument(help="the run to replay")],
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", help="re-execute it: tools run again, decisions from the trace"),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print whole messages")] = False,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir")] = None,
+    db: DbOption = None,
+) -> None:
+    """Print a recorded run's trace, or re-execute it with the replay brain."""
+    store = open_store(db, create=False)
+    record = store.get_run(run_id)
+    if not rerun:
+        for m in store.list_messages(run_id):
+            print_message(m, verbose=verbose)
+        return
+    from haqa.graph.run import RunConfig, start_run
+
+    cfg = RunConfig.model_validate(record.config or {})
+    cfg = cfg.model_copy(update={"brain": "replay", "replay_run": run_id})
+
+    def on_event(m: MessageRecord) -> None:
+        print_message(m, verbose=verbose)
+
+    new_id, result = start_run(store, cfg, on_event=on_event)
+    _finish(store, new_id, result, report_dir)

@@ -1,0 +1,182 @@
+"""The Markdown report of a run, with its plots, built only from what the store holds.
+
+Every number in it is read from the stored run result and trials, so the report cannot disagree
+with the store (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from haqa.store import RunRecord, Store, TrialRecord
+from haqa.units import format_bytes
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _search_trials(trials: list[TrialRecord], stage: str) -> list[TrialRecord]:
+    return [t for t in trials if t.stage == stage and "role" not in t.config]
+
+
+def pareto_front(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Points (accuracy, decode tok/s, trial) not dominated in both, sorted by speed."""
+    front = []
+    for acc, tps, tid in points:
+        dominated = any(a >= acc and s >= tps and (a, s) != (acc, tps) for a, s, _ in points)
+        if not dominated:
+            front.append((acc, tps, tid))
+    return sorted(front, key=lambda p: p[1])
+
+
+def _plots(run: RunRecord, trials: list[TrialRecord], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    deploy = [t for t in _search_trials(trials, "deploy") if t.status == "ok"]
+    points = [
+        (t.metrics.accuracy, t.metrics.decode_tps, t.trial_id)
+        for t in deploy
+        if t.metrics.accuracy is not None and t.metrics.decode_tps is not None
+    ]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter([p[1] for p in points], [p[0] for p in points], label="trials", alpha=0.7)
+        front = pareto_front(points)  # type: ignore[arg-type]
+        ax.plot([p[1] for p in front], [p[0] for p in front], "r-o", label="Pareto front")
+        for acc, tps, tid in points:
+            ax.annotate(str(tid), (tps, acc), fontsize=7)  # type: ignore[arg-type]
+        ax.set_xlabel("decode tokens/s")
+        ax.set_ylabel("deployed accuracy")
+        ax.set_title("accuracy vs decode speed")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "pareto.png", dpi=100)
+        plt.close(fig)
+        files.append("pareto.png")
+    goal = run.goal or {}
+    metric = goal.get("metric", "decode")
+    values = []
+    for t in _search_trials(trials, "deploy"):
+        m = t.metrics
+        v = {"decode": m.decode_tps, "prefill": m.prefill_tps}.get(metric, m.decode_tps)
+        values.append((t.trial_id, v if t.status == "ok" else None))
+    if values:
+        best, curve = None, []
+        for tid, v in values:
+            if v is not None and (best is None or v > best):
+                best = v
+            curve.append((tid, best))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.step([c[0] for c in curve], [c[1] or 0 for c in curve], where="post")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"best {metric} tokens/s so far")
+        ax.set_title("best so far")
+        fig.tight_layout()
+        fig.savefig(out / "best_so_far.png", dpi=100)
+        plt.close(fig)
+        files.append("best_so_far.png")
+    return files
+
+
+def _trials_table(trials: list[TrialRecord]) -> list[str]:
+    lines = [
+        "| # | stage | tool | config | status | acc | pp t/s | tg t/s | peak mem | reason |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in trials:
+        cfg = ", ".join(f"{k}={v}" for k, v in t.config.items() if not isinstance(v, dict | list))
+        m = t.metrics
+        lines.append(
+            f"| {t.trial_id} | {t.stage} | {t.tool} | {cfg} | {t.status} | "
+            f"{_fmt(m.accuracy, '.3f')} | {_fmt(m.prefill_tps)} | {_fmt(m.decode_tps)} | "
+            f"{format_bytes(m.peak_mem_bytes)} | {(t.error or '').replace('|', '/')} |"
+        )
+    return lines
+
+
+def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
+    result: dict[str, Any] = run.result or {}
+    brief = (run.hardware or {}).get("brief", {})
+    lines = [f"# haqa run {run.run_id}", ""]
+    lines += [
+        f"- model: `{run.model}`",
+        f"- brain: {run.brain}",
+        f"- goal: {result.get('goal', run.goal)}",
+        f"- status: {run.status}",
+        "",
+        "## Answer",
+        "",
+    ]
+    if result.get("found"):
+        cfg = result.get("config") or {}
+        lines += [
+            "```json",
+            json.dumps(cfg, indent=2, sort_keys=True),
+            "```",
+            "",
+            f"- deployed accuracy: {_fmt(result.get('accuracy_validation'), '.3f')} (validation), "
+            f"{_fmt(result.get('accuracy_test'), '.3f')} (test); reference "
+            f"{_fmt(result.get('reference_accuracy'), '.3f')}, base model "
+            f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
+            f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
+            f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
+            f"{_fmt(result.get('decode_tps'))} tok/s, peak memory "
+            f"{format_bytes(result.get('peak_mem_bytes'))}",
+            f"- roofline efficiency (decode bytes/s ÷ measured bandwidth): "
+            f"{_fmt(result.get('roofline_efficiency'), '.2f')}",
+            "",
+            "Speedup vs llama.cpp defaults on the same model:",
+            "",
+            "| baseline | decode | prefill |",
+            "|---|---|---|",
+        ]
+        for b in result.get("baselines", []):
+            q = b["quant_type"]
+            lines.append(
+                f"| {q} (trial {b['trial_id']}) | "
+                f"{_fmt(result.get('speedup_decode', {}).get(q), '.2f')}x | "
+                f"{_fmt(result.get('speedup_prefill', {}).get(q), '.2f')}x |"
+            )
+        lines += [
+            "",
+            "```sh",
+            str(result.get("llama_server_cmd")),
+            str(result.get("llama_cli_cmd")),
+            "```",
+        ]
+    else:
+        lines.append(f"No configuration met the goal: {result.get('error', 'run did not finish')}")
+    lines += ["", "## Hardware brief", "", str(brief.get("text", "(none)")), ""]
+    lines += ["## Trials", "", *_trials_table(trials), ""]
+    rejected = [t for t in trials if t.status in ("rejected", "failed")]
+    lines += [
+        "## Rejected and failed",
+        "",
+        f"- invalid proposals: {result.get('invalid_proposals', 0)}",
+        *[f"- trial {t.trial_id} {t.status}: {t.error}" for t in rejected],
+        "",
+    ]
+    if plots:
+        lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
+    return "\n".join(lines)
+
+
+def write_report(store: Store, run_id: str, out_dir: Path) -> Path:
+    """Write ``report.md``, ``result.json`` and the plots into ``out_dir``."""
+    run = store.get_run(run_id)
+    trials = store.list_trials(run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = _plots(run, trials, out_dir)
+    path = out_dir / "report.md"
+    path.write_text(render(run, trials, plots), encoding="utf-8")
+    (out_dir / "result.json").write_text(
+        json.dumps(run.result or {}, indent=2, sort_keys=True, default=str), encoding="utf-8"
+    )
+    return path
