@@ -36,6 +36,7 @@ class ToolboxSettings(BaseModel):
     n_prompt: int = 256
     n_gen: int = 64
     repetitions: int = 3
+    quick_analysis: bool = False
 
 
 class Toolbox(Protocol):

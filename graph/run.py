@@ -54,6 +54,9 @@ class RunConfig(Strict):
     llm_gguf: str | None = Field(None, description="local GGUF instruct model (llamacpp brain)")
     replay_run: str | None = Field(None, description="run whose decisions the replay brain serves")
     seed: int = Field(0, ge=0)
+    quick_analysis: bool = Field(
+        False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
+    )
 
     def parsed_goal(self) -> Goal:
         return Goal.parse(
@@ -108,6 +111,7 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
         n_prompt=cfg.n_prompt,
         n_gen=cfg.n_gen,
         repetitions=cfg.repetitions,
+        quick_analysis=cfg.quick_analysis,
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
     return goal, settings, summary

@@ -119,6 +119,13 @@ class ExpertBrain:
             q for q in sorted(choices, key=lambda q: QUANT_BITS.get(q, 16)) if q not in ranked
         ]
 
+        # Accuracy risk first: with a tight accuracy floor, types under ~4.5 bits rarely hold it,
+        # so they are measured only after every safer type (and only if budget remains).
+        drop = ctx.goal.max_accuracy_drop
+        safe_bits = 4.5 if drop <= 0.02 else 3.9 if drop <= 0.05 else 0.0
+        ranked = [q for q in ranked if QUANT_BITS.get(q, 16) >= safe_bits] + [
+            q for q in ranked if QUANT_BITS.get(q, 16) < safe_bits
+        ]
         measured_types = {t.config.get("quant_type") for t in ctx.history if t.status == "ok"}
         failed_accuracy = [
             QUANT_BITS.get(str(t.config.get("quant_type")), 16)

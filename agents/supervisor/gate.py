@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haqa.agents.common import record_rejection
+from haqa.agents.common import find_finished, record_rejection
 from haqa.agents.runtime import RunRuntime
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.units import format_bytes
@@ -21,10 +21,14 @@ def admit(
     budget = rt.goal.memory_budget_bytes
     if budget is None:
         return True
+    stage = "deploy" if isinstance(config, DeployConfig) else "finetune"
+    earlier = find_finished(rt, stage, raw)
+    if earlier is not None and earlier.status == "rejected":
+        return False  # rejected before (a resumed run): not estimated or recorded again
     if isinstance(config, DeployConfig):
-        stage, estimate = "deploy", rt.toolbox.estimate_deploy(config)
+        estimate = rt.toolbox.estimate_deploy(config)
     else:
-        stage, estimate = "finetune", rt.toolbox.estimate_finetune(config)
+        estimate = rt.toolbox.estimate_finetune(config)
     predicted = int(estimate.get("total_bytes", 0))
     if predicted <= budget:
         return True

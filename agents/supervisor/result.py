@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from haqa.agents.common import run_trial
 from haqa.agents.runtime import ROLE_INVALID, RunRuntime
+from haqa.agents.supervisor.gate import admit
 from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
 
 #: The quant types llama.cpp users deploy without tuning: the speedup is reported against both.
@@ -147,6 +148,10 @@ def build_result(rt: RunRuntime) -> RunResult:
     defaults = llama_defaults(brief)
     for quant in BASELINE_TYPES:
         config = {"role": "baseline", "quant_type": quant, **defaults.model_dump()}
+        # Baselines pass the memory gate too: a default that does not fit is not run.
+        deploy_cfg = DeployConfig(quant_type=quant, **defaults.model_dump())  # type: ignore[arg-type]
+        if not admit(rt, agent="supervisor", config=deploy_cfg, raw=config):
+            continue
         trial = run_trial(
             rt,
             agent="supervisor",

@@ -203,3 +203,40 @@ def replay_command(
 
     new_id, result = start_run(store, cfg, on_event=on_event)
     _finish(store, new_id, result, report_dir)
+
+
+@app.command("demo")
+def demo_command(
+    memory_budget: Annotated[
+        str | None, typer.Option("--memory-budget", help="peak memory allowed, e.g. 4GiB")
+    ] = "4GiB",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    db: DbOption = None,
+) -> None:
+    """The main job on the bundled defaults: the whole graph with the expert brain.
+
+    Fine-tunes the tiny zoo model (QLoRA), then tunes the deployment on it (deployed accuracy)
+    and on the 200M speed model (tokens/s at a realistic shape), within the memory budget.
+    Builds both zoo models first if they are not in the cache yet.
+    """
+    from haqa.graph.routing import Budgets
+    from haqa.graph.run import RunConfig, start_run
+
+    cfg = RunConfig(
+        model="zoo:tiny",
+        speed_model="zoo:bench-200m",
+        goal="decode",
+        max_accuracy_drop=2.0,
+        memory_budget=memory_budget,
+        budgets=Budgets(finetune_trials=2, deploy_trials=6, patience=4, wall_clock_s=900),
+        eval_limit=100,
+    )
+    cfg.parsed_goal()
+    store = open_store(db)
+    console.print("[bold]haqa demo[/]: zoo:tiny fine-tuned, deployment tuned on zoo:bench-200m")
+
+    def on_event(m: MessageRecord) -> None:
+        print_message(m, verbose=verbose)
+
+    run_id, result = start_run(store, cfg, on_event=on_event)
+    _finish(store, run_id, result, None)

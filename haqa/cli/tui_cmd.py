@@ -1,0 +1,1 @@
+"""``haqa tui``: the Textual app (imported only when the command runs)."""

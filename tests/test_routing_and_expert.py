@@ -1,0 +1,150 @@
+"""Stop rules, routing and the expert policy, on plain data (no tool runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haqa.agents.analyst.brief import make_brief, rank_quant_types
+from haqa.agents.brains.base import DecisionContext, TrialView
+from haqa.agents.brains.expert import ExpertBrain
+from haqa.agents.tuner.node import hardware_defaults
+from haqa.goal import Goal
+from haqa.graph.routing import next_route, stage_stop_reason, trials_since_improvement
+from haqa.schemas import DeployConfig
+from haqa.space import deploy_space, finetune_space
+
+
+def view(i: int, obj: float | None, status: str = "ok", **config: Any) -> TrialView:
+    return TrialView(
+        trial_id=i,
+        stage="deploy",
+        config=config,
+        status=status,
+        objective=obj,
+        feasible=obj is not None and status == "ok",
+        accuracy=0.5 if status == "ok" else None,
+    )
+
+
+def test_stop_rules() -> None:
+    hist = [view(1, 10.0), view(2, 12.0), view(3, 11.0), view(4, None, "rejected")]
+    assert trials_since_improvement(hist) == 2
+    common = {"elapsed_s": 0.0, "wall_clock_s": 100.0}
+    assert stage_stop_reason(hist, budget=4, patience=9, **common) == "budget of 4 trials used"
+    assert stage_stop_reason(hist, budget=9, patience=2, **common) == (
+        "no improvement in the last 2 trials"
+    )
+    assert stage_stop_reason(hist, budget=9, patience=9, **common) is None
+    assert "wall-clock" in str(
+        stage_stop_reason(hist, budget=9, patience=9, elapsed_s=101, wall_clock_s=100)
+    )
+    assert "roofline" in str(
+        stage_stop_reason(hist, budget=9, patience=9, roofline=0.95, roofline_stop=0.9, **common)
+    )
+
+
+def test_route_order() -> None:
+    assert next_route(analysed=False, finetune_done=False, deploy_done=False) == "analyst"
+    assert next_route(analysed=True, finetune_done=False, deploy_done=False) == "planner"
+    assert next_route(analysed=True, finetune_done=True, deploy_done=False) == "tuner"
+    assert next_route(analysed=True, finetune_done=True, deploy_done=True) == "finish"
+
+
+def _micro(gemv_seconds: dict[str, float]) -> dict[str, Any]:
+    rows = [
+        {"backend": "llama.cpp", "dtype": q, "m": 1, "seconds": s} for q, s in gemv_seconds.items()
+    ]
+    return {"rows": rows, "implications": []}
+
+
+def test_ranking_follows_measured_kernels_not_bits() -> None:
+    types = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
+    # Bandwidth-bound machine: time ∝ bytes → fewer bits first.
+    fast4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K": 4.9})
+    assert rank_quant_types(types, fast4, 10e9)[0][:2] == ["Q4_0", "Q4_K_M"]
+    # No fast 4-bit kernels (the paper's case): 4-bit GEMV slower than 8-bit → Q8_0 first.
+    slow4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 12.0, "Q4_K": 13.0})
+    assert rank_quant_types(types, slow4, 10e9)[0][0] == "Q8_0"
+
+
+def _ctx(history: list[TrialView], stage: str = "deploy", **kw: Any) -> DecisionContext:
+    space = deploy_space(2) if stage == "deploy" else finetune_space()
+    brief = make_brief(
+        {"physical_cores": 2, "logical_cores": 2, "bandwidth": {"read_bytes_per_s": 10e9}},
+        _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K": 4.9}),
+        [str(q) for q in deploy_space(2).knob("quant_type").choices or ()],
+    )
+    defaults = (
+        {"quant_type": "Q4_K_M", **hardware_defaults(brief, 2)}
+        if stage == "deploy"
+        else finetune_space().defaults()
+    )
+    return DecisionContext(
+        run_id="r",
+        agent="tuner" if stage == "deploy" else "planner",
+        stage=stage,  # type: ignore[arg-type]
+        space=space,
+        goal=kw.get("goal", Goal()),
+        static_prompt="",
+        dynamic_prompt="",
+        history=history,
+        defaults=defaults,
+        budget_left=10,
+        brief=brief,
+    )
+
+
+def test_expert_deploy_measures_fastest_types_then_refines_runtime() -> None:
+    brain = ExpertBrain()
+    seen: list[TrialView] = []
+    proposals = []
+    for i in range(1, 7):
+        p = brain.propose(_ctx(seen))
+        assert p.action == "trial" and p.thought.startswith("policy:")
+        DeployConfig.model_validate(p.config)  # always a valid, complete configuration
+        proposals.append(p.config)
+        seen.append(view(i, 10.0 + i, **p.config))
+    # Fastest measured kernels first, among types that usually keep a 1-point accuracy floor.
+    assert [c["quant_type"] for c in proposals[:3]] == ["Q4_0", "IQ4_NL", "Q4_K_M"]
+    # After three types, the best one's runtime settings are refined (same type, other knobs).
+    assert {c["quant_type"] for c in proposals[3:]} == {proposals[2]["quant_type"]}
+    assert proposals[3] != proposals[2]
+    assert len({json_key(c) for c in proposals}) == len(proposals)  # never the same config twice
+
+
+def json_key(c: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(c, sort_keys=True)
+
+
+def test_expert_skips_types_below_an_accuracy_failure() -> None:
+    brain = ExpertBrain()
+    failed = TrialView(
+        trial_id=1,
+        stage="deploy",
+        config={**_ctx([]).defaults, "quant_type": "Q3_K_M"},
+        status="ok",
+        accuracy=0.1,
+        objective=30.0,
+        feasible=False,
+    )
+    p = brain.propose(_ctx([failed]))
+    assert p.config["quant_type"] not in ("Q2_K", "Q3_K_M")
+
+
+def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None:
+    brain = ExpertBrain()
+    first = brain.propose(_ctx([], stage="finetune"))
+    assert first.config == finetune_space().defaults()
+    done = TrialView(
+        trial_id=1,
+        stage="finetune",
+        config=first.config,
+        status="ok",
+        accuracy=0.6,
+        objective=0.6,
+        feasible=True,
+    )
+    second = brain.propose(_ctx([done], stage="finetune"))
+    assert second.config["learning_rate"] == first.config["learning_rate"] * 3

@@ -1,0 +1,25 @@
+"""Small settings shared by the tests that run the agents for real on the tiny zoo model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haqa.graph.routing import Budgets
+from haqa.graph.run import RunConfig
+from haqa.schemas import FinetuneConfig
+
+
+def small_run_config(**overrides: Any) -> RunConfig:
+    """A run that exercises every agent in about a minute on 2 cores."""
+    base: dict[str, Any] = {
+        "model": "zoo:tiny",
+        "budgets": Budgets(finetune_trials=1, deploy_trials=3, patience=5),
+        "finetune": FinetuneConfig(max_steps=20),
+        "eval_limit": 20,
+        "n_prompt": 32,
+        "n_gen": 8,
+        "repetitions": 1,
+        "quick_analysis": True,
+    }
+    base.update(overrides)
+    return RunConfig(**base)
