@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from haqa.agents.brains import make_brain
+from haqa.agents.brains import ALL_BRAINS, make_brain
 from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
 from haqa.agents.supervisor.result import RunResult
 from haqa.agents.toolbox import LiveToolbox, Toolbox, ToolboxSettings
@@ -26,7 +26,7 @@ from haqa.schemas import FinetuneConfig, Strict
 from haqa.space import deploy_space, finetune_space
 from haqa.store import Store
 
-BRAINS = ("expert", "openai", "llamacpp", "replay")
+BRAINS = ALL_BRAINS
 
 
 class RunConfig(Strict):
@@ -39,7 +39,9 @@ class RunConfig(Strict):
     goal: str = Field("decode", description="decode, prefill or workload:PROMPT+GEN")
     max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="points below the reference")
     memory_budget: str | None = Field(None, description="peak memory allowed, e.g. 4GiB")
-    brain: str = Field("expert", description="expert, openai, llamacpp or replay")
+    brain: str = Field(
+        "expert", description="expert, openai, llamacpp, replay, or random/tpe/gp/nsga2/cmaes/local"
+    )
     budgets: Budgets = Field(default_factory=Budgets)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     train: list[str] | None = Field(None, description="train JSONL files (default: the zoo's)")

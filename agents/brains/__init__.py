@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from haqa.graph.run import RunConfig
     from haqa.store import Store
 
+#: Optimiser baselines (agents/brains/optuna_brain.py), named here so listing them stays cheap.
+BRAIN_NAMES = ("random", "tpe", "gp", "nsga2", "cmaes", "local")
+ALL_BRAINS = ("expert", "openai", "llamacpp", "replay", *BRAIN_NAMES)
+
 __all__ = ["Brain", "DecisionContext", "ExpertBrain", "Proposal", "make_brain"]
 
 
@@ -27,10 +31,16 @@ def make_brain(cfg: RunConfig, store: Store) -> Brain:
         from haqa.agents.brains.llamacpp_brain import LlamaCppBrain
 
         return LlamaCppBrain(cfg.llm_gguf)
+    if cfg.brain in BRAIN_NAMES:
+        from haqa.agents.brains.optuna_brain import LocalSearchBrain, OptunaBrain
+
+        if cfg.brain == "local":
+            return LocalSearchBrain(seed=cfg.seed)
+        return OptunaBrain(cfg.brain, seed=cfg.seed)
     if cfg.brain == "replay":
         from haqa.agents.brains.replay import ReplayBrain
 
         if not cfg.replay_run:
             raise HaqaError("the replay brain needs the run to replay (haqa replay RUN --rerun)")
         return ReplayBrain(store, cfg.replay_run)
-    raise HaqaError(f"unknown brain {cfg.brain!r}: use expert, openai, llamacpp or replay")
+    raise HaqaError(f"unknown brain {cfg.brain!r}: use one of {', '.join(ALL_BRAINS)}")
