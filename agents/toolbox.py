@@ -83,7 +83,8 @@ class LiveToolbox:
         from haqa.tools.microbench_kernels import Args, microbench_kernels
 
         shapes = self._shape_source()
-        result = microbench_kernels(Args(model_config=shapes))
+        # Quick analysis (tests, demos): fewer repeats; the kernels timed are the same.
+        result = microbench_kernels(Args(model=shapes, repeats=3 if self.s.quick_analysis else 10))
         return dict(result.model_dump(mode="json"))
 
     def _shape_source(self) -> Path:
@@ -114,11 +115,13 @@ class LiveToolbox:
         trained = run_qlora(Args(model=self.s.model, config=config, train_files=self.s.train_files))
         scored = self._evaluate(self.s.model, trained.adapter_path, self.s.validation_files)
         return TrialMetrics(
-            **scored.model_dump(),
-            peak_mem_bytes=trained.peak_mem_bytes,
-            adapter_path=str(trained.adapter_path),
-            final_loss=trained.final_loss,
-            train_time_s=trained.train_time_s,
+            **{
+                **scored.model_dump(),
+                "peak_mem_bytes": trained.peak_mem_bytes,
+                "adapter_path": str(trained.adapter_path),
+                "final_loss": trained.final_loss,
+                "train_time_s": trained.train_time_s,
+            }
         )
 
     # -- deployment side -------------------------------------------------------------------

@@ -60,10 +60,10 @@ def _micro(gemv_seconds: dict[str, float]) -> dict[str, Any]:
 def test_ranking_follows_measured_kernels_not_bits() -> None:
     types = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
     # Bandwidth-bound machine: time ∝ bytes → fewer bits first.
-    fast4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K": 4.9})
+    fast4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K_M": 4.9})
     assert rank_quant_types(types, fast4, 10e9)[0][:2] == ["Q4_0", "Q4_K_M"]
     # No fast 4-bit kernels (the paper's case): 4-bit GEMV slower than 8-bit → Q8_0 first.
-    slow4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 12.0, "Q4_K": 13.0})
+    slow4 = _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 12.0, "Q4_K_M": 13.0})
     assert rank_quant_types(types, slow4, 10e9)[0][0] == "Q8_0"
 
 
@@ -71,7 +71,7 @@ def _ctx(history: list[TrialView], stage: str = "deploy", **kw: Any) -> Decision
     space = deploy_space(2) if stage == "deploy" else finetune_space()
     brief = make_brief(
         {"physical_cores": 2, "logical_cores": 2, "bandwidth": {"read_bytes_per_s": 10e9}},
-        _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K": 4.9}),
+        _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K_M": 4.9}),
         [str(q) for q in deploy_space(2).knob("quant_type").choices or ()],
     )
     defaults = (

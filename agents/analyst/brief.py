@@ -34,15 +34,24 @@ BITS_PER_WEIGHT = {
     "Q3_K_S": 3.5,
     "Q2_K": 3.35,
 }
-#: The kernel family a mixed type mostly runs (for reading microbenchmark rows).
+#: The measured type whose kernels a type shares (K-quants, legacy blocks, 16-bit floats): an
+#: unmeasured type is predicted to consume weights at its relative's measured rate.
 KERNEL_FAMILY = {
-    "Q4_K_M": "Q4_K",
-    "Q4_K_S": "Q4_K",
-    "Q5_K_M": "Q5_K",
-    "Q5_K_S": "Q5_K",
-    "Q3_K_M": "Q3_K",
-    "Q3_K_L": "Q3_K",
-    "Q3_K_S": "Q3_K",
+    "Q4_K_S": "Q4_K_M",
+    "Q5_K_M": "Q4_K_M",
+    "Q5_K_S": "Q4_K_M",
+    "Q6_K": "Q4_K_M",
+    "Q3_K_M": "Q4_K_M",
+    "Q3_K_L": "Q4_K_M",
+    "Q3_K_S": "Q4_K_M",
+    "Q2_K": "Q4_K_M",
+    "IQ4_NL": "Q4_0",
+    "IQ4_XS": "Q4_0",
+    "Q4_1": "Q4_0",
+    "Q5_0": "Q4_0",
+    "Q5_1": "Q4_0",
+    "BF16": "F16",
+    "F32": "F16",
 }
 
 
@@ -63,37 +72,36 @@ def _best_time(rows: list[dict[str, Any]], dtype: str, gemv: bool) -> float | No
     return min(times) if times else None
 
 
+def _measured_rate(rows: list[dict[str, Any]], quant: str, gemv: bool) -> float | None:
+    """Bits of weights consumed per second by the type's kernel, measured on this machine, or
+    by its kernel family's measured kernel when the type itself was not timed."""
+    for name in (quant, KERNEL_FAMILY.get(quant)):
+        if name is None:
+            continue
+        t = _best_time(rows, name, gemv)
+        if t:
+            return BITS_PER_WEIGHT.get(name, 16.0) / t
+    return None
+
+
 def rank_quant_types(
     quant_types: list[str], micro: dict[str, Any], bandwidth_bytes_per_s: float | None
 ) -> tuple[list[str], list[str], dict[str, float]]:
     """Types ordered by predicted decode speed and by predicted prefill speed (fastest first),
     and the predicted decode-time factor of each (relative; lower is faster)."""
     rows = _llama_rows(micro)
-    # Measured weight-consumption speed (bits/s) per family, from GEMV time at the same shapes.
-    ref_bits: dict[str, float] = {}
-    for q in quant_types:
-        family = KERNEL_FAMILY.get(q, q)
-        t = _best_time(rows, family, gemv=True)
-        if t:
-            ref_bits[q] = BITS_PER_WEIGHT.get(q, 16.0) / t
     bandwidth_bits = (bandwidth_bytes_per_s or 0.0) * 8
     decode_cost: dict[str, float] = {}
     for q in quant_types:
         bits = BITS_PER_WEIGHT.get(q, 16.0)
-        if q in ref_bits:
-            decode_cost[q] = bits / ref_bits[q]
-        elif ref_bits:
-            # Unmeasured: assume it streams weights as fast as the fastest measured kernel.
-            decode_cost[q] = bits / max(ref_bits.values())
-        elif bandwidth_bits:
-            decode_cost[q] = bits / bandwidth_bits
-        else:
-            decode_cost[q] = bits
+        rate = _measured_rate(rows, q, gemv=True)
+        # No measurement at all: decode streams the weights at the measured memory bandwidth.
+        decode_cost[q] = bits / rate if rate else bits / bandwidth_bits if bandwidth_bits else bits
     decode_rank = sorted(quant_types, key=lambda q: (decode_cost[q], -BITS_PER_WEIGHT.get(q, 16)))
     prefill_cost: dict[str, float] = {}
     for q in quant_types:
-        t = _best_time(rows, KERNEL_FAMILY.get(q, q), gemv=False)
-        prefill_cost[q] = t if t else float("inf")
+        rate = _measured_rate(rows, q, gemv=False)
+        prefill_cost[q] = BITS_PER_WEIGHT.get(q, 16.0) / rate if rate else float("inf")
     prefill_rank = sorted(
         quant_types, key=lambda q: (prefill_cost[q], decode_cost[q], -BITS_PER_WEIGHT.get(q, 16))
     )

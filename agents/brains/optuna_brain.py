@@ -207,9 +207,7 @@ class LocalSearchBrain:
                     else:
                         new = float(value) + direction * (high - low) / 8
                     new = min(high, max(low, new))
-                    out.append(
-                        {**config, knob.name: round(new) if knob.kind == "int" else new}
-                    )
+                    out.append({**config, knob.name: round(new) if knob.kind == "int" else new})
         return out
 
     def _random_config(self, ctx: DecisionContext) -> dict[str, Any]:
