@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from haqa.agents.brains.base import Brain, DecisionContext, Proposal, TrialView
 from haqa.agents.brains.react import InvalidAnswer
+from haqa.agents.isolation import TrialCrash
 from haqa.agents.runtime import (
     ROLE_DECISION,
     ROLE_INVALID,
@@ -202,7 +203,7 @@ def run_trial(
         metrics = work()
         status: Literal["ok", "failed"] = "ok"
         error = None
-    except HaqaError as exc:
+    except (HaqaError, TrialCrash) as exc:
         metrics, status, error = TrialMetrics(), "failed", str(exc)
     except Exception as exc:
         metrics, status = TrialMetrics(), "failed"

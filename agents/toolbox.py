@@ -14,6 +14,8 @@ study speed at realistic shapes on a machine where the accurate model is tiny.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,18 +152,42 @@ class LiveToolbox:
         ).gguf_path
 
     def _deployed_accuracy(self, adapter: str | None, quant_type: str) -> float:
+        """Validation accuracy of the GGUF of this type, measured once: cached in memory and on
+        disk (keyed by the content-addressed GGUF and the task files), so neither a second
+        runtime setting of the same type nor a resumed run evaluates it again."""
         key = (adapter, quant_type)
         if key not in self._accuracy_by_quant:
             gguf = self._gguf(adapter, quant_type)
-            scored = self._evaluate(gguf, None, self.s.validation_files)
-            self._accuracy_by_quant[key] = float(scored.accuracy or 0.0)
+            cache = self._eval_cache_path(gguf, self.s.validation_files)
+            if cache.is_file():
+                self._accuracy_by_quant[key] = float(json.loads(cache.read_text())["accuracy"])
+            else:
+                scored = self._evaluate(gguf, None, self.s.validation_files)
+                self._accuracy_by_quant[key] = float(scored.accuracy or 0.0)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"accuracy": self._accuracy_by_quant[key]}))
+                tmp.replace(cache)
         return self._accuracy_by_quant[key]
+
+    def _eval_cache_path(self, gguf: Path, files: list[Path]) -> Path:
+        from haqa.paths import artifacts_dir
+
+        h = hashlib.sha256(str(gguf.resolve()).encode())
+        h.update(str(gguf.stat().st_size).encode())
+        for f in files:
+            h.update(f.read_bytes())
+        h.update(str(self.s.eval_limit).encode())
+        return artifacts_dir() / "evals" / f"{h.hexdigest()[:24]}.json"
 
     def reference(self, adapter: str | None) -> TrialMetrics:
         return TrialMetrics(accuracy=self._deployed_accuracy(adapter, "F16"))
 
     def _benchmark(self, gguf: Path, runtime: RuntimeSettings) -> TrialMetrics:
         from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp
+
+        if self._bandwidth is None:
+            self.probe()  # the probe is cached per machine: this reads the measured bandwidth
 
         result = benchmark_llamacpp(
             Args(

@@ -56,6 +56,11 @@ class RunConfig(Strict):
     llm_gguf: str | None = Field(None, description="local GGUF instruct model (llamacpp brain)")
     replay_run: str | None = Field(None, description="run whose decisions the replay brain serves")
     seed: int = Field(0, ge=0)
+    trial_timeout_s: float = Field(3600.0, gt=0, description="a trial running longer fails")
+    trial_memory_limit: str | None = Field(
+        None, description="a trial using more memory fails (default: 90% of RAM)"
+    )
+    isolate_trials: bool = Field(True, description="run each trial in a child process")
     quick_analysis: bool = Field(
         False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
     )
@@ -117,6 +122,21 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
     return goal, settings, summary
+
+
+def default_toolbox(cfg: RunConfig, settings: ToolboxSettings) -> Toolbox:
+    """Trials in child processes (timeout, memory limit) unless isolation is turned off."""
+    if not cfg.isolate_trials:
+        return LiveToolbox(settings)
+    from haqa.agents.isolation import IsolatedToolbox
+    from haqa.units import parse_bytes
+
+    limit = (
+        parse_bytes(cfg.trial_memory_limit, what="trial memory limit")
+        if cfg.trial_memory_limit
+        else None
+    )
+    return IsolatedToolbox(settings, timeout_s=cfg.trial_timeout_s, memory_limit_bytes=limit)
 
 
 def _runtime(
@@ -198,8 +218,9 @@ def resume_run(
     goal, settings, summary = prepare(cfg)
     store.set_run_status(run_id, "running")
     rt = _runtime(
-        store, run_id, cfg, goal, toolbox or LiveToolbox(settings), summary, on_event, control
-    )
+        store, run_id, cfg, goal, toolbox or default_toolbox(cfg, settings), summary, on_event,
+        control,
+    )  # fmt: skip
     done = len(store.list_trials(run_id))
     rt.say("supervisor", ROLE_SUPERVISOR, f"resumed run {run_id}: {done} finished trials kept")
     return _drive(rt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from haqa.agents.analyst.brief import make_brief
@@ -24,7 +25,10 @@ def analyst_step(rt: RunRuntime) -> dict[str, Any]:
         rt, AGENT, static_prompt(AGENT, model=rt.model_summary, goal=rt.goal.describe())
     )
     rt.say(AGENT, ROLE_TOOL_CALL, "probe_hardware()", tool_name="probe_hardware", tool_args={})
-    profile = rt.toolbox.probe()
+    try:
+        profile = rt.toolbox.probe()
+    except Exception as exc:  # the run goes on with what is known; the brief says what failed
+        profile = {"error": f"probe failed: {exc}", "logical_cores": os.cpu_count()}
     rt.say(
         AGENT,
         ROLE_TOOL_RESULT,
@@ -35,7 +39,10 @@ def analyst_step(rt: RunRuntime) -> dict[str, Any]:
     rt.say(
         AGENT, ROLE_TOOL_CALL, "microbench_kernels()", tool_name="microbench_kernels", tool_args={}
     )
-    micro = rt.toolbox.microbench()
+    try:
+        micro = rt.toolbox.microbench()
+    except Exception as exc:
+        micro = {"rows": [], "implications": [f"microbenchmarks failed: {exc}"]}
     rt.say(
         AGENT,
         ROLE_TOOL_RESULT,

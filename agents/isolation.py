@@ -1,0 +1,207 @@
+"""Trial isolation: each trial's work runs in a child process with a wall-clock timeout and a
+memory limit, so a segfault in a kernel, an OOM or a hang costs one ``failed`` trial, not the run.
+
+The child is ``python -m haqa.agents.trial_worker REQUEST RESPONSE`` (a fresh interpreter: no
+state shared with the graph, no fork of a process holding threads). Its output goes to a log file
+whose tail becomes the failed trial's reason. The parent watches the child's whole process tree:
+resident memory above the limit → killed and reported as out of memory; past the timeout →
+killed and reported as a hang. The child asks the kernel to kill it when the parent dies
+(``PR_SET_PDEATHSIG``), and the parent kills it on any exception, so children never outlive the run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from haqa.agents.toolbox import ToolboxSettings
+from haqa.errors import HaqaError
+from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+
+ARG_TYPES: dict[str, type[BaseModel]] = {
+    "FinetuneConfig": FinetuneConfig,
+    "DeployConfig": DeployConfig,
+    "RuntimeSettings": RuntimeSettings,
+}
+LOG_TAIL_CHARS = 1500
+
+
+class TrialCrash(Exception):
+    """The child died, ran out of memory or time; the message is the trial's failure reason."""
+
+
+def encode_arg(value: Any) -> dict[str, Any]:
+    if isinstance(value, BaseModel):
+        return {"type": type(value).__name__, "value": value.model_dump(mode="json")}
+    return {"type": "json", "value": value}
+
+
+def decode_arg(item: dict[str, Any]) -> Any:
+    if item["type"] == "json":
+        return item["value"]
+    return ARG_TYPES[item["type"]].model_validate(item["value"])
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    import contextlib
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _tail(log: Path) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.strip() and "%|" not in line]
+    return " | ".join(lines)[-LOG_TAIL_CHARS:]
+
+
+class IsolatedToolbox:
+    """The same interface as ``LiveToolbox``; every call that measures runs in a child process."""
+
+    def __init__(
+        self,
+        settings: ToolboxSettings,
+        *,
+        timeout_s: float = 3600.0,
+        memory_limit_bytes: int | None = None,
+        factory: str = "haqa.agents.toolbox:LiveToolbox",
+    ) -> None:
+        import psutil
+
+        self.settings = settings
+        self.timeout_s = timeout_s
+        # Default: most of this machine's RAM, so a runaway trial cannot take the machine down.
+        self.memory_limit_bytes = memory_limit_bytes or int(psutil.virtual_memory().total * 0.9)
+        self.factory = factory
+
+    def _call(self, method: str, *args: Any) -> Any:
+        with tempfile.TemporaryDirectory(prefix="haqa-trial-") as tmp:
+            request, response, log = Path(tmp, "request.json"), Path(tmp, "response.json"), None
+            log = Path(tmp, "trial.log")
+            request.write_text(
+                json.dumps(
+                    {
+                        "factory": self.factory,
+                        "settings": self.settings.model_dump(mode="json"),
+                        "method": method,
+                        "args": [encode_arg(a) for a in args],
+                    }
+                )
+            )
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "haqa.agents.trial_worker", str(request), str(response)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: killed as a whole
+                )
+                try:
+                    self._watch(proc, method, log)
+                except BaseException:
+                    _kill_tree(proc)
+                    raise
+            if proc.returncode != 0 or not response.is_file():
+                raise TrialCrash(self._death(proc.returncode, log))
+            reply = json.loads(response.read_text())
+        if not reply.get("ok"):
+            if reply.get("user_error"):
+                raise HaqaError(str(reply["error"]))
+            raise TrialCrash(str(reply.get("error")))
+        return reply.get("value")
+
+    def _watch(self, proc: subprocess.Popen[bytes], method: str, log: Path) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        peak = 0
+        while proc.poll() is None:
+            rss = _tree_rss(proc.pid)
+            peak = max(peak, rss)
+            if rss > self.memory_limit_bytes:
+                _kill_tree(proc)
+                raise TrialCrash(
+                    f"out of memory: {method} used {rss / 2**20:.0f} MiB, over the trial limit of "
+                    f"{self.memory_limit_bytes / 2**20:.0f} MiB; log: {_tail(log)}"
+                )
+            if time.monotonic() > deadline:
+                _kill_tree(proc)
+                raise TrialCrash(
+                    f"timed out: {method} ran past {self.timeout_s:.0f} s; log: {_tail(log)}"
+                )
+            time.sleep(0.05)
+
+    @staticmethod
+    def _death(code: int | None, log: Path) -> str:
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            what = {"SIGSEGV": "segfault", "SIGKILL": "killed (out of memory?)", "SIGABRT": "abort"}
+            return f"crashed: {what.get(name, name)} ({name}); log: {_tail(log)}"
+        return f"exited with code {code}; log: {_tail(log)}"
+
+    # -- the Toolbox interface ---------------------------------------------------------------
+
+    def probe(self) -> dict[str, Any]:
+        return dict(self._call("probe"))
+
+    def microbench(self) -> dict[str, Any]:
+        return dict(self._call("microbench"))
+
+    def evaluate_base(self) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("evaluate_base"))
+
+    def finetune(self, config: FinetuneConfig) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("finetune", config))
+
+    def reference(self, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("reference", adapter))
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("deploy", config, adapter))
+
+    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("baseline", quant_type, runtime))
+
+    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
+        return float(self._call("final_test", config, adapter))
+
+    # The memory gate's estimates read file headers only: cheap and safe in-process.
+    def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
+        from haqa.agents.toolbox import LiveToolbox
+
+        return LiveToolbox(self.settings).estimate_deploy(config)
+
+    def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
+        from haqa.agents.toolbox import LiveToolbox
+
+        return LiveToolbox(self.settings).estimate_finetune(config)

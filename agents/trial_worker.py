@@ -1,0 +1,63 @@
+"""The child process of an isolated trial: ``python -m haqa.agents.trial_worker REQ RESP``.
+
+Reads the request (toolbox factory, settings, method, arguments), runs the method, writes the
+JSON reply. A user error (``HaqaError``) and any other exception are replies; a crash is the
+parent's to report from the exit status and the log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (no orphaned trials)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    from haqa.agents.isolation import decode_arg
+    from haqa.agents.toolbox import ToolboxSettings
+    from haqa.errors import HaqaError
+
+    request = json.loads(Path(argv[0]).read_text())
+    response = Path(argv[1])
+    module_name, _, class_name = request["factory"].partition(":")
+    factory = getattr(importlib.import_module(module_name), class_name)
+    toolbox = factory(ToolboxSettings.model_validate(request["settings"]))
+    args = [decode_arg(a) for a in request["args"]]
+    try:
+        value = getattr(toolbox, request["method"])(*args)
+        reply: dict[str, Any] = {"ok": True, "value": _jsonable(value)}
+    except HaqaError as exc:
+        reply = {"ok": False, "user_error": True, "error": str(exc)}
+    except Exception as exc:
+        traceback.print_exc()
+        reply = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"}
+    response.write_text(json.dumps(reply, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
