@@ -12,7 +12,9 @@ class HaqaError(Exception):
 
     def __init__(self, message: str) -> None:
         # One line, always: multi-line text from a library is folded so the CLI's contract holds.
-        super().__init__(" ".join(message.split()))
+        from haqa.redact import redact
+
+        super().__init__(redact(" ".join(message.split())))
 
     @property
     def message(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from haqa.errors import HaqaError
+from haqa.redact import redact, redact_value
 from haqa.schemas import TrialMetrics, TrialStatus
 
 SCHEMA_VERSION = 1
@@ -149,11 +150,12 @@ class MessageRecord(BaseModel):
 
 
 def _dump(value: Any) -> str | None:
+    """JSON for a column; every string passes through the secret redaction on the way in."""
     if value is None:
         return None
     if isinstance(value, BaseModel):
-        return value.model_dump_json()
-    return json.dumps(value, default=str, sort_keys=True)
+        value = value.model_dump(mode="json")
+    return json.dumps(redact_value(value), default=str, sort_keys=True)
 
 
 def _load(text: str | None) -> Any:
@@ -342,23 +344,26 @@ class Store:
                     trial.stage,
                     trial.tool,
                     _dump(trial.config),
-                    m.model_dump_json(),
+                    _dump(m),
                     m.accuracy,
                     m.prefill_tps,
                     m.decode_tps,
                     m.peak_mem_bytes,
                     m.artifact_bytes,
                     trial.status,
-                    trial.error,
+                    redact(trial.error) if trial.error else None,
                     trial.started_at,
                     trial.finished_at,
                     trial.duration_s,
                 ],
             )
             con.execute("COMMIT")
+        # The record as stored: redacted the same way.
         return TrialRecord(
-            **trial.model_dump(exclude={"metrics"}),
-            metrics=trial.metrics,
+            **trial.model_dump(exclude={"metrics", "config", "error"}),
+            config=_load(_dump(trial.config)),
+            metrics=TrialMetrics(**_load(_dump(m))),
+            error=redact(trial.error) if trial.error else None,
             run_id=run_id,
             trial_id=int(next_id),
         )
@@ -414,7 +419,7 @@ class Store:
                     created,
                     agent,
                     role,
-                    content,
+                    redact(content),
                     tool_name,
                     _dump(tool_args),
                     _dump(tool_result),
@@ -427,10 +432,10 @@ class Store:
             created_at=created,
             agent=agent,
             role=role,
-            content=content,
+            content=redact(content),
             tool_name=tool_name,
-            tool_args=tool_args,
-            tool_result=tool_result,
+            tool_args=redact_value(tool_args),
+            tool_result=redact_value(tool_result),
         )
 
     def list_messages(self, run_id: str, *, after_seq: int = 0) -> list[MessageRecord]:
