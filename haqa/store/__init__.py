@@ -1,0 +1,29 @@
+"""The store: DuckDB is the system of record (runs, trials, messages). This package is the only
+code in haqa that writes SQL; everything else uses the ``Store`` API and its pydantic rows."""
+
+from haqa.store.duck import Store
+from haqa.store.records import (
+    MessageRecord,
+    RunRecord,
+    RunStatus,
+    TrialRecord,
+    TrialResult,
+    new_run_id,
+    utcnow,
+)
+from haqa.store.sandbox import SandboxResult, sandbox_query
+from haqa.store.schema import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MessageRecord",
+    "RunRecord",
+    "RunStatus",
+    "SandboxResult",
+    "Store",
+    "TrialRecord",
+    "TrialResult",
+    "new_run_id",
+    "sandbox_query",
+    "utcnow",
+]
