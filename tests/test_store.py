@@ -160,3 +160,37 @@ def test_store_locked_by_another_process_is_a_clear_error(db_path: Path) -> None
         holder.join(30)
     # Once the other writer is gone, the same store works again.
     assert Store(db_path).create_run(model="m", brain="manual").status == "running"
+
+
+def test_a_version_1_file_is_migrated_keeping_its_data(db_path: Path) -> None:
+    import duckdb
+
+    from haqa.store.schema import _SCHEMA_V1
+
+    con = duckdb.connect(str(db_path))
+    con.execute(_SCHEMA_V1)
+    con.execute("INSERT INTO haqa_meta VALUES ('schema_version', '1')")
+    con.execute(
+        "INSERT INTO runs (run_id, created_at, model, brain, status) "
+        "VALUES ('old-run', now()::TIMESTAMP, 'm', 'manual', 'finished')"
+    )
+    con.close()
+    store = Store(db_path, create=False)
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.get_run("old-run").status == "finished"
+    grid = store.create_grid(
+        model="m", speed_model=None, hardware_fingerprint="fp", hardware=None,
+        space={"quant_type": ["Q4_0"]}, settings={},
+    )  # fmt: skip
+    store.add_grid_point(grid.grid_id, {"quant_type": "Q4_0"}, 0, {"decode_tps": 1.0}, 0.5)
+    assert store.grid_points(grid.grid_id)[0].metrics == {"decode_tps": 1.0}
+
+
+def test_a_duckdb_file_of_another_program_is_refused(db_path: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(db_path))
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.close()
+    with pytest.raises(HaqaError, match="not a haqa store"):
+        Store(db_path)

@@ -2,6 +2,7 @@
 code in haqa that writes SQL; everything else uses the ``Store`` API and its pydantic rows."""
 
 from haqa.store.duck import Store
+from haqa.store.grids import GridPoint, GridRecord, config_key, iter_grid_configs
 from haqa.store.records import (
     MessageRecord,
     RunRecord,
@@ -16,6 +17,8 @@ from haqa.store.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
+    "GridPoint",
+    "GridRecord",
     "MessageRecord",
     "RunRecord",
     "RunStatus",
@@ -23,6 +26,8 @@ __all__ = [
     "Store",
     "TrialRecord",
     "TrialResult",
+    "config_key",
+    "iter_grid_configs",
     "new_run_id",
     "sandbox_query",
     "utcnow",

@@ -18,6 +18,7 @@ from typing import Any
 from haqa.errors import HaqaError
 from haqa.redact import redact, redact_value
 from haqa.schemas import TrialMetrics
+from haqa.store.grids import GridMixin
 from haqa.store.records import (
     MessageRecord,
     RunRecord,
@@ -29,10 +30,10 @@ from haqa.store.records import (
     new_run_id,
     utcnow,
 )
-from haqa.store.schema import _SCHEMA, SCHEMA_VERSION
+from haqa.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 
-class Store:
+class Store(GridMixin):
     """Runs, trials and messages in one DuckDB file."""
 
     #: How long a write waits for another process's lock before giving up with a clear message.
@@ -50,7 +51,10 @@ class Store:
                 self._ensure_schema(con)
         else:
             with self._connect(read_only=True) as con:
-                self._check_version(con)
+                version = self._check_version(con)
+            if version < SCHEMA_VERSION:
+                with self._connect() as con:
+                    self._ensure_schema(con)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -85,21 +89,41 @@ class Store:
             con.close()
 
     def _ensure_schema(self, con: Any) -> None:
-        con.execute(_SCHEMA)
-        row = con.execute("SELECT value FROM haqa_meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
+        """Create a new file's tables, or migrate an older file's, one version at a time."""
+        (has_meta,) = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'haqa_meta'"
+        ).fetchone()
+        if not has_meta:
+            (others,) = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()
+            if others:
+                raise HaqaError(
+                    f"store {self.path} is a DuckDB file but not a haqa store: pass --db with "
+                    "another path"
+                )
+            con.execute("BEGIN TRANSACTION")
+            con.execute(SCHEMA)
             con.execute("INSERT INTO haqa_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        else:
-            self._require_version(int(row[0]))
+            con.execute("COMMIT")
+            return
+        version = self._check_version(con)
+        for old in range(version, SCHEMA_VERSION):
+            con.execute("BEGIN TRANSACTION")
+            con.execute(MIGRATIONS[old])
+            con.execute(
+                "UPDATE haqa_meta SET value = ? WHERE key = 'schema_version'", [str(old + 1)]
+            )
+            con.execute("COMMIT")
 
-    def _check_version(self, con: Any) -> None:
+    def _check_version(self, con: Any) -> int:
         try:
             row = con.execute("SELECT value FROM haqa_meta WHERE key = 'schema_version'").fetchone()
         except Exception:
             raise HaqaError(
                 f"store {self.path} is a DuckDB file but not a haqa store: pass --db with another"
             ) from None
-        self._require_version(int(row[0]) if row else 0)
+        version = int(row[0]) if row else 0
+        self._require_version(version)
+        return version
 
     def _require_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:

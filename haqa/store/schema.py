@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+#: Version 2 added the recorded grids (``haqa grid record``).
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS haqa_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -51,3 +52,32 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (run_id, seq)
 );
 """
+
+_GRID_TABLES = """
+CREATE TABLE IF NOT EXISTS grids (
+    grid_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    model VARCHAR NOT NULL,
+    speed_model VARCHAR,
+    hardware_fingerprint VARCHAR NOT NULL,
+    hardware VARCHAR,
+    space VARCHAR NOT NULL,
+    settings VARCHAR NOT NULL,
+    status VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grid_points (
+    grid_id VARCHAR NOT NULL,
+    config_key VARCHAR NOT NULL,
+    repeat INTEGER NOT NULL,
+    config VARCHAR NOT NULL,
+    metrics VARCHAR NOT NULL,
+    duration_s DOUBLE NOT NULL,
+    PRIMARY KEY (grid_id, config_key, repeat)
+);
+"""
+
+#: The whole schema of a new file.
+SCHEMA = _SCHEMA_V1 + _GRID_TABLES
+
+#: DDL that takes a file from version k to k + 1.
+MIGRATIONS: dict[int, str] = {1: _GRID_TABLES}
