@@ -208,8 +208,7 @@ def run_trial(
     except Exception as exc:
         metrics, status = TrialMetrics(), "failed"
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
-    return rt.store.add_trial(
-        rt.run_id,
+    return rt.add_trial(
         TrialResult(
             stage=stage,
             tool=tool,
@@ -227,8 +226,7 @@ def record_rejection(
     rt: RunRuntime, *, agent: str, stage: str, config: dict[str, Any], reason: str, predicted: int
 ) -> TrialRecord:
     now = utcnow()
-    trial = rt.store.add_trial(
-        rt.run_id,
+    trial = rt.add_trial(
         TrialResult(
             stage=stage,
             tool="memory_gate",

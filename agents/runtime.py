@@ -19,7 +19,7 @@ from haqa.agents.toolbox import Toolbox
 from haqa.goal import Goal
 from haqa.graph.routing import Budgets
 from haqa.space import SearchSpace
-from haqa.store import MessageRecord, Store, TrialRecord
+from haqa.store import MessageRecord, Store, TrialRecord, TrialResult
 
 #: Roles written to ``messages``.
 ROLE_SYSTEM = "system"  # an agent's static prompt
@@ -65,6 +65,10 @@ class RunRuntime:
     started_monotonic: float = field(default_factory=time.monotonic)
     seed: int = 0
     invalid_proposals: int = 0
+    # Append-only caches of this run's trace and trials: read from the store once (a resumed
+    # run), then extended by every write this process makes. The store stays the record.
+    _messages: list[MessageRecord] | None = None
+    _trials: list[TrialRecord] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -90,6 +94,7 @@ class RunRuntime:
             tool_args=tool_args,
             tool_result=tool_result,
         )
+        self.messages().append(record)
         if self.on_event is not None:
             self.on_event(record)
         return record
@@ -101,7 +106,19 @@ class RunRuntime:
         )
 
     def messages(self) -> list[MessageRecord]:
-        return self.store.list_messages(self.run_id)
+        if self._messages is None:
+            self._messages = self.store.list_messages(self.run_id)
+        return self._messages
+
+    def add_trial(self, trial: TrialResult) -> TrialRecord:
+        record = self.store.add_trial(self.run_id, trial)
+        self._all_trials().append(record)
+        return record
+
+    def _all_trials(self) -> list[TrialRecord]:
+        if self._trials is None:
+            self._trials = self.store.list_trials(self.run_id)
+        return self._trials
 
     def supervisor_marks(self) -> set[str]:
         """Stage marks in the trace (``analysed``, ``finetune_done``…); resume reads them."""
@@ -129,7 +146,7 @@ class RunRuntime:
         return found
 
     def trials(self, stage: str | None = None) -> list[TrialRecord]:
-        return self.store.list_trials(self.run_id, stage=stage)
+        return [t for t in self._all_trials() if stage is None or t.stage == stage]
 
     def views(self, stage: str, reference_accuracy: float | None = None) -> list[TrialView]:
         """The stage's search trials as brains see them (baselines and references left out)."""

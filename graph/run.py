@@ -23,7 +23,7 @@ from haqa.graph.build import build_graph
 from haqa.graph.routing import Budgets
 from haqa.modelref import resolve_model
 from haqa.schemas import FinetuneConfig, Strict
-from haqa.space import deploy_space, finetune_space
+from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
 
 BRAINS = ALL_BRAINS
@@ -61,6 +61,9 @@ class RunConfig(Strict):
         None, description="a trial using more memory fails (default: 90% of RAM)"
     )
     isolate_trials: bool = Field(True, description="run each trial in a child process")
+    tabular: str | None = Field(
+        None, description="answer deploy trials from this recorded grid (haqa grid record)"
+    )
     quick_analysis: bool = Field(
         False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
     )
@@ -148,6 +151,7 @@ def _runtime(
     summary: str,
     on_event: EventSink | None,
     control: RunControl | None,
+    space: SearchSpace,
 ) -> RunRuntime:
     brain = make_brain(cfg, store)
     return RunRuntime(
@@ -158,7 +162,7 @@ def _runtime(
         toolbox=toolbox,
         budgets=cfg.budgets,
         finetune_space=finetune_space(),
-        deploy_space=deploy_space(os.cpu_count() or 1),
+        deploy_space=space,
         finetune_defaults=cfg.finetune.model_dump(mode="json"),
         model_summary=summary,
         on_event=on_event,
@@ -176,7 +180,7 @@ def start_run(
     control: RunControl | None = None,
     run_id: str | None = None,
 ) -> tuple[str, RunResult | None]:
-    goal, settings, summary = prepare(cfg)
+    goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails before storing
     record = store.create_run(
         model=cfg.model,
@@ -185,22 +189,54 @@ def start_run(
         config=cfg.model_dump(mode="json"),
         run_id=run_id,
     )
-    rt = _runtime(
-        store,
-        record.run_id,
-        cfg,
-        goal,
-        toolbox or LiveToolbox(settings),
-        summary,
-        on_event,
-        control,
-    )
+    rt = _runtime(store, record.run_id, cfg, goal, toolbox, summary, on_event, control, space)
     rt.say(
         "supervisor",
         ROLE_SUPERVISOR,
         f"run {record.run_id}: {goal.describe()}; brain {rt.brain.name} ({rt.brain.kind})",
     )
     return record.run_id, _drive(rt)
+
+
+def _setup(
+    store: Store, cfg: RunConfig, toolbox: Toolbox | None
+) -> tuple[Goal, Toolbox, SearchSpace, str]:
+    """Validate the config and build the toolbox and deploy space (live or from a grid)."""
+    if cfg.tabular:
+        from haqa.agents.grid import TabularToolbox, grid_search_space
+
+        goal = cfg.parsed_goal()
+        tabular = TabularToolbox(store, cfg.tabular)
+        check_grid_matches(tabular.grid, cfg)
+        summary = f"{cfg.model} (recorded grid {cfg.tabular})"
+        return goal, toolbox or tabular, grid_search_space(tabular.grid), summary
+    goal, settings, summary = prepare(cfg)
+    space = deploy_space(os.cpu_count() or 1)
+    return goal, toolbox or default_toolbox(cfg, settings), space, summary
+
+
+def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
+    """A grid answers only for its own model and machine."""
+    if cfg.budgets.finetune_trials:
+        raise HaqaError("a tabular run has no fine-tuning stage: pass --finetune-trials 0")
+    if cfg.model != grid.model or (cfg.speed_model or None) != grid.speed_model:
+        raise HaqaError(
+            f"grid {grid.grid_id} was recorded for {grid.model}"
+            + (f" with speed model {grid.speed_model}" if grid.speed_model else "")
+            + f", not {cfg.model}: record a grid for this model"
+        )
+    here = machine_fingerprint()
+    if here != grid.hardware_fingerprint:
+        raise HaqaError(
+            f"grid {grid.grid_id} was recorded on another machine (fingerprint "
+            f"{grid.hardware_fingerprint}, this one is {here}): record a grid here"
+        )
+
+
+def machine_fingerprint() -> str:
+    from haqa.tools.probe_hardware import Args, probe_hardware
+
+    return probe_hardware(Args(measure_bandwidth=False)).fingerprint
 
 
 def resume_run(
@@ -215,12 +251,9 @@ def resume_run(
     if record.status == "finished":
         raise HaqaError(f"run {run_id} already finished: see `haqa replay {run_id}`")
     cfg = RunConfig.model_validate(record.config or {})
-    goal, settings, summary = prepare(cfg)
+    goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     store.set_run_status(run_id, "running")
-    rt = _runtime(
-        store, run_id, cfg, goal, toolbox or default_toolbox(cfg, settings), summary, on_event,
-        control,
-    )  # fmt: skip
+    rt = _runtime(store, run_id, cfg, goal, toolbox, summary, on_event, control, space)
     done = len(store.list_trials(run_id))
     rt.say("supervisor", ROLE_SUPERVISOR, f"resumed run {run_id}: {done} finished trials kept")
     return _drive(rt)

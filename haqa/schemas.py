@@ -91,11 +91,11 @@ class FinetuneConfig(Strict):
     target_modules: tuple[str, ...] = Field(
         DEFAULT_TARGET_MODULES, min_length=1, description="module names that get an adapter"
     )
-    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="peak AdamW learning rate")
+    learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="peak AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
     batch_size: int = Field(16, ge=1, le=1024, description="examples per micro-batch")
     grad_accum: int = Field(1, ge=1, le=256, description="micro-batches per optimiser step")
-    max_steps: int = Field(150, ge=1, le=1_000_000, description="optimiser steps (if no epochs)")
+    max_steps: int = Field(60, ge=1, le=1_000_000, description="optimiser steps (if no epochs)")
     epochs: float | None = Field(
         None, gt=0.0, le=100.0, description="passes over the data; overrides max_steps"
     )

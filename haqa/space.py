@@ -126,7 +126,7 @@ def finetune_space() -> SearchSpace:
                 low=1e-5,
                 high=1e-1,
                 log=True,
-                default=2e-3,
+                default=5e-3,
                 description="peak AdamW learning rate; the knob that matters most",
             ),
             Knob(
@@ -157,7 +157,7 @@ def finetune_space() -> SearchSpace:
                 low=10,
                 high=2000,
                 log=True,
-                default=150,
+                default=60,
                 description="optimiser steps",
             ),
             Knob(

@@ -92,9 +92,9 @@ class ExpertBrain:
     def _finetune_moves(
         base: dict[str, Any], ctx: DecisionContext
     ) -> list[tuple[dict[str, Any], str]]:
-        lr = float(base.get("learning_rate", 2e-3))
+        lr = float(base.get("learning_rate", 5e-3))
         r = int(base.get("lora_r", 8))
-        steps = int(base.get("max_steps", 150))
+        steps = int(base.get("max_steps", 60))
         alpha = int(base.get("lora_alpha", 16))
         return [
             ({"learning_rate": _round(lr * 3)}, "learning rate matters most: try 3x higher"),

@@ -24,7 +24,16 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported for their side effect of adding commands; each module keeps heavy imports lazy.
-    from haqa.cli import accuracy, agents, hardware, speed, store_views, tui_cmd, zoo  # noqa: F401
+    from haqa.cli import (  # noqa: F401
+        accuracy,
+        agents,
+        grid,
+        hardware,
+        speed,
+        store_views,
+        tui_cmd,
+        zoo,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

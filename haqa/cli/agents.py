@@ -121,6 +121,10 @@ def run_command(
     llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model")] = None,
     llm_gguf: Annotated[str | None, typer.Option("--llm-gguf")] = None,
+    tabular: Annotated[
+        str | None, typer.Option("--tabular", help="answer deploy trials from a recorded grid")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML run config")] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="continue a stopped or killed run")
@@ -162,6 +166,8 @@ def run_command(
             "llm_base_url": llm_base_url,
             "llm_model": llm_model,
             "llm_gguf": llm_gguf,
+            "tabular": tabular,
+            "seed": seed,
         },
         {k: v for k, v in budgets.items() if v is not None},
     )

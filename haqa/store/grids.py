@@ -127,7 +127,10 @@ class GridMixin:
 
     def list_grids(self: _Connects) -> list[GridRecord]:
         with self._connect(read_only=True) as con:
-            ids = [r[0] for r in con.execute("SELECT grid_id FROM grids ORDER BY created_at")]
+            ids = [
+                r[0]
+                for r in con.execute("SELECT grid_id FROM grids ORDER BY created_at").fetchall()
+            ]
         return [GridMixin.get_grid(self, i) for i in ids]  # type: ignore[arg-type]
 
     def grid_points(self: _Connects, grid_id: str) -> list[GridPoint]:

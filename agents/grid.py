@@ -1,0 +1,208 @@
+"""Recorded grids: measure every deploy configuration of a grid once (``haqa grid record``), then
+answer deploy trials from the recording (``haqa run --tabular GRID``, ``haqa compare``).
+
+A tabular run goes through the same graph, brains, memory gate and stop rules as a live run; only
+the toolbox differs: it returns the exact recorded measurements, cycling through the recorded
+repeats of a configuration, so the noise a brain sees is the machine's real noise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from haqa.agents.toolbox import Toolbox, ToolboxSettings
+from haqa.errors import HaqaError
+from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+from haqa.space import DEPLOY_QUANT_TYPES, SearchSpace, deploy_space
+from haqa.store import GridRecord, Store, config_key, iter_grid_configs
+
+#: Knobs held fixed in a grid (llama.cpp defaults where the grid does not vary them).
+GRID_FIXED: dict[str, Any] = {
+    "n_batch": 2048,
+    "type_k": "f16",
+    "type_v": "f16",
+    "n_ctx": 4096,
+    "use_mmap": True,
+    "use_mlock": False,
+    "n_gpu_layers": 0,
+}
+
+
+def default_grid_space(logical_cores: int, physical_cores: int) -> dict[str, list[Any]]:
+    threads = sorted({1, physical_cores, logical_cores})
+    return {
+        "quant_type": list(DEPLOY_QUANT_TYPES),
+        "n_threads": threads,
+        "n_threads_batch": [logical_cores],
+        "n_ubatch": [128, 512],
+        "flash_attn": [False, True],
+    }
+
+
+def grid_search_space(grid: GridRecord) -> SearchSpace:
+    """The deploy space narrowed to what the grid recorded (fixed knobs: one choice)."""
+    cores = max(int(c) for c in grid.space.get("n_threads", [1]))
+    space = deploy_space(max(cores, max(grid.space.get("n_threads_batch", [1]))))
+    narrowed = {k: v for k, v in grid.space.items() if k in space.names}
+    narrowed.update({k: [v] for k, v in GRID_FIXED.items() if k in space.names})
+    return space.restrict(**narrowed)
+
+
+def full_config(point: dict[str, Any]) -> DeployConfig:
+    return DeployConfig.model_validate({**GRID_FIXED, **point})
+
+
+def record_grid(
+    store: Store,
+    toolbox: Toolbox,
+    settings: ToolboxSettings,
+    *,
+    model: str,
+    speed_model: str | None,
+    space: dict[str, list[Any]] | None = None,
+    repeats: int = 2,
+    adapter: str | None = None,
+    grid_id: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> GridRecord:
+    """Measure the grid (resumable: points already recorded are kept)."""
+    if repeats < 1:
+        raise HaqaError("--repeats must be at least 1")
+    if grid_id is not None:
+        grid = store.get_grid(grid_id)
+        profile = (grid.hardware or {}).get("profile", {})
+    else:
+        profile = toolbox.probe()
+        micro = toolbox.microbench()
+        logical = int(profile.get("logical_cores") or os.cpu_count() or 1)
+        physical = int(profile.get("physical_cores") or logical)
+        grid = store.create_grid(
+            model=model,
+            speed_model=speed_model,
+            hardware_fingerprint=str(profile.get("fingerprint")),
+            hardware={"profile": profile, "microbench": micro},
+            space=space or default_grid_space(logical, physical),
+            settings={**settings.model_dump(mode="json"), "repeats": repeats, "adapter": adapter},
+        )
+    done = {(p.config_key, p.repeat) for p in store.grid_points(grid.grid_id)}
+    configs = list(iter_grid_configs(grid.space))
+    total = len(configs) * repeats
+    test_accuracy: dict[str, float] = {}
+    step = 0
+    for point in configs:
+        cfg = full_config(point)
+        key = config_key(point)
+        for repeat in range(repeats):
+            step += 1
+            if (key, repeat) in done:
+                continue
+            if progress:
+                progress(step, total, f"{cfg.quant_type} {key}")
+            started = time.monotonic()
+            metrics = toolbox.deploy(cfg, adapter)
+            if cfg.quant_type not in test_accuracy:
+                test_accuracy[cfg.quant_type] = toolbox.final_test(cfg, adapter)
+            estimate = toolbox.estimate_deploy(cfg)
+            data = {
+                **metrics.model_dump(mode="json"),
+                "test_accuracy": test_accuracy[cfg.quant_type],
+                "predicted_peak_mem_bytes": estimate.get("total_bytes"),
+            }
+            store.add_grid_point(grid.grid_id, point, repeat, data, time.monotonic() - started)
+    store.set_grid_status(grid.grid_id, "complete")
+    return store.get_grid(grid.grid_id)
+
+
+class TabularToolbox:
+    """Answers deploy trials from a recorded grid (no model is loaded, nothing is measured)."""
+
+    def __init__(self, store: Store, grid_id: str) -> None:
+        self.grid = store.get_grid(grid_id)
+        if self.grid.status != "complete":
+            raise HaqaError(
+                f"grid {grid_id} is still recording: finish it with `haqa grid record --resume "
+                f"{grid_id}`"
+            )
+        self.points: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for p in store.grid_points(grid_id):
+            self.points[p.config_key].append(p.metrics)
+        self._served: dict[str, int] = defaultdict(int)
+        self.knobs = sorted(self.grid.space)
+
+    def _key(self, config: DeployConfig | dict[str, Any]) -> str:
+        data = config.model_dump() if isinstance(config, DeployConfig) else dict(config)
+        for k, v in GRID_FIXED.items():
+            if data.get(k, v) != v:
+                raise HaqaError(
+                    f"{k}={data.get(k)} is outside the recorded grid {self.grid.grid_id} "
+                    f"(fixed at {v})"
+                )
+        return config_key({k: data.get(k) for k in self.knobs})
+
+    def _lookup(self, config: DeployConfig | dict[str, Any]) -> list[dict[str, Any]]:
+        key = self._key(config)
+        found = self.points.get(key)
+        if not found:
+            raise HaqaError(f"configuration {key} is not in grid {self.grid.grid_id}")
+        return found
+
+    def _next(self, config: DeployConfig | dict[str, Any]) -> dict[str, Any]:
+        """The next recorded repeat of this configuration (cycling), as a live run would see
+        a fresh measurement."""
+        repeats = self._lookup(config)
+        key = self._key(config)
+        i = self._served[key]
+        self._served[key] += 1
+        return repeats[i % len(repeats)]
+
+    def probe(self) -> dict[str, Any]:
+        return dict((self.grid.hardware or {}).get("profile", {}))
+
+    def microbench(self) -> dict[str, Any]:
+        return dict((self.grid.hardware or {}).get("microbench", {}))
+
+    def evaluate_base(self) -> TrialMetrics:
+        raise HaqaError("a tabular run has no fine-tuning stage: use --finetune-trials 0")
+
+    def finetune(self, config: FinetuneConfig) -> TrialMetrics:
+        raise HaqaError("a tabular run has no fine-tuning stage: use --finetune-trials 0")
+
+    def reference(self, adapter: str | None) -> TrialMetrics:
+        point = self._first_of("F16")
+        return TrialMetrics(accuracy=point.get("accuracy"))
+
+    def _first_of(self, quant: str) -> dict[str, Any]:
+        for key, metrics_list in self.points.items():
+            if f'"quant_type": "{quant}"' in key:
+                return metrics_list[0]
+        raise HaqaError(f"grid {self.grid.grid_id} has no {quant} configuration")
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._next(config))
+
+    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+        return TrialMetrics.model_validate(
+            self._next(DeployConfig(quant_type=quant_type, **runtime.model_dump()))  # type: ignore[arg-type]
+        )
+
+    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
+        return float(self._lookup(config)[0].get("test_accuracy") or 0.0)
+
+    def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
+        return {"total_bytes": self._lookup(config)[0].get("predicted_peak_mem_bytes") or 0}
+
+    def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
+        return {"total_bytes": 0}
+
+    def mean_objective(
+        self, config: dict[str, Any], objective: Callable[[TrialMetrics], float | None]
+    ) -> float | None:
+        """The configuration's objective averaged over its recorded repeats (the truth a
+        brain's noisy observations estimate)."""
+        values = [objective(TrialMetrics.model_validate(m)) for m in self._lookup(config)]
+        clean = [v for v in values if v is not None]
+        return sum(clean) / len(clean) if clean else None

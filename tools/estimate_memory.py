@@ -1,0 +1,587 @@
+"""Predict peak memory before anything runs: the supervisor's memory gate.
+
+Two estimates, both fast (no model is loaded: GGUF metadata through ``gguf.GGUFReader``, Hugging
+Face shapes through ``config.json``):
+
+* a llama.cpp deployment (``estimate_deploy_memory``): weights + KV cache + compute buffers +
+  the runtime's fixed overhead, predicting the peak resident set (RSS) of a process that loads the
+  GGUF, processes a prompt batch and decodes;
+* a QLoRA fine-tune (``estimate_finetune_memory``): quantized base + LoRA parameters, gradients and
+  AdamW state + activations + framework overhead.
+
+The constants are calibrated against measured peak RSS (``measure_deploy_peak_rss`` runs a real
+llama.cpp context in a child process); ``tests/test_estimate_memory.py`` holds the estimate to 15%.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from haqa.errors import HaqaError
+from haqa.modelref import check_hf_causal_lm, is_gguf
+from haqa.schemas import DeployConfig, FinetuneConfig
+
+_MIB = 1024**2
+
+# ggml block layouts: (elements per block, bytes per block), as gguf.constants.GGML_QUANT_SIZES.
+BLOCK: dict[str, tuple[int, int]] = {
+    "F32": (1, 4),
+    "F16": (1, 2),
+    "BF16": (1, 2),
+    "Q8_0": (32, 34),
+    "Q6_K": (256, 210),
+    "Q5_K": (256, 176),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q4_K": (256, 144),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "IQ4_NL": (32, 18),
+    "IQ4_XS": (256, 136),
+    "Q3_K": (256, 110),
+    "Q2_K": (256, 84),
+}
+
+#: The default tensor type of each llama.cpp file type (``llama_ftype_get_default_type``).
+FTYPE_BASE: dict[str, str] = {
+    "F32": "F32",
+    "F16": "F16",
+    "BF16": "BF16",
+    "Q8_0": "Q8_0",
+    "Q6_K": "Q6_K",
+    "Q5_K_M": "Q5_K",
+    "Q5_K_S": "Q5_K",
+    "Q5_0": "Q5_0",
+    "Q5_1": "Q5_1",
+    "Q4_K_M": "Q4_K",
+    "Q4_K_S": "Q4_K",
+    "Q4_0": "Q4_0",
+    "Q4_1": "Q4_1",
+    "IQ4_NL": "IQ4_NL",
+    "IQ4_XS": "IQ4_XS",
+    "Q3_K_L": "Q3_K",
+    "Q3_K_M": "Q3_K",
+    "Q3_K_S": "Q3_K",
+    "Q2_K": "Q2_K",
+}
+
+#: ``general.file_type`` values (llama.h ``llama_ftype``) of the types above.
+FTYPE_IDS: dict[int, str] = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    25: "IQ4_NL",
+    30: "IQ4_XS",
+    32: "BF16",
+}
+
+# Fallbacks when a row length is not a multiple of the block (llama-quant.cpp).
+_FALLBACK = {
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+    "Q3_K": "Q4_0",
+    "Q2_K": "Q4_0",
+    "IQ4_XS": "IQ4_NL",
+}
+
+# Calibrated on this project's measurements (see module docstring and the test): the resident
+# memory of a Python process with llama-cpp-python loaded and a context created, before weights,
+# KV cache and compute buffers (interpreter, shared libraries, thread pools, graph metadata).
+RUNTIME_OVERHEAD_BYTES = 44 * _MIB
+# Without flash attention the score matrix (n_kv x n_ubatch x n_head fp32) and what lives beside
+# it (mask, softmax temporaries): measured 1.4x the bare matrix at full context.
+_ATTN_SCORE_FACTOR = 1.4
+# Activation rows per token live at the peak of a layer's graph, in units of n_embd floats, and
+# of n_ff floats (the FFN's gate/up outputs), fitted to llama.cpp's compute-buffer use.
+_ACT_EMBD_ROWS = 10.0
+_ACT_FF_ROWS = 2.0
+
+
+class TensorSpec(BaseModel):
+    name: str = Field(description="GGUF tensor name, e.g. blk.0.attn_v.weight")
+    ne0: int = Field(description="row length (elements)")
+    rows: int = Field(description="number of rows (product of the other dimensions)")
+    ggml_type: str | None = Field(None, description="type in the file, when read from a GGUF")
+    n_bytes: int | None = None
+
+
+class ModelShape(BaseModel):
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    tied_embeddings: bool
+    file_type: str | None = Field(None, description="GGUF file type (None for an HF folder)")
+    tensors: list[TensorSpec]
+
+
+class MemoryEstimate(BaseModel):
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    notes: list[str] = Field(default_factory=list, description="how each term was computed")
+
+    def summary(self) -> str:
+        return (
+            f"{self.total_bytes / _MIB:.0f} MiB = weights {self.weights_bytes / _MIB:.0f} + "
+            f"KV {self.kv_cache_bytes / _MIB:.0f} + compute {self.compute_bytes / _MIB:.0f} + "
+            f"overhead {self.overhead_bytes / _MIB:.0f} MiB"
+        )
+
+
+class DeployMemoryArgs(BaseModel):
+    model: Path = Field(description="a GGUF file (any type) or a Hugging Face model folder")
+    config: DeployConfig
+
+
+class FinetuneMemoryArgs(BaseModel):
+    model: Path = Field(description="a Hugging Face model folder")
+    config: FinetuneConfig
+
+
+# --------------------------------------------------------------------------------- shapes
+
+
+def _hf_shape(folder: Path) -> ModelShape:
+    check_hf_causal_lm(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if "text_config" in cfg:
+        cfg = {**cfg, **cfg["text_config"]}
+    try:
+        n_embd = int(cfg["hidden_size"])
+        n_head = int(cfg["num_attention_heads"])
+        n_layer = int(cfg["num_hidden_layers"])
+        n_ff = int(cfg["intermediate_size"])
+        n_vocab = int(cfg["vocab_size"])
+    except KeyError as exc:
+        raise HaqaError(f"{folder}/config.json lacks {exc}: pass a LLaMA-style model") from None
+    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
+    head_dim = int(cfg.get("head_dim") or n_embd // n_head)
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    tensors = [
+        TensorSpec(name="token_embd.weight", ne0=n_embd, rows=n_vocab),
+        TensorSpec(name="output_norm.weight", ne0=n_embd, rows=1),
+    ]
+    if not tied:
+        tensors.append(TensorSpec(name="output.weight", ne0=n_embd, rows=n_vocab))
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensors += [
+            TensorSpec(name=p + "attn_norm.weight", ne0=n_embd, rows=1),
+            TensorSpec(name=p + "ffn_norm.weight", ne0=n_embd, rows=1),
+            TensorSpec(name=p + "attn_q.weight", ne0=n_embd, rows=n_head * head_dim),
+            TensorSpec(name=p + "attn_k.weight", ne0=n_embd, rows=n_head_kv * head_dim),
+            TensorSpec(name=p + "attn_v.weight", ne0=n_embd, rows=n_head_kv * head_dim),
+            TensorSpec(name=p + "attn_output.weight", ne0=n_head * head_dim, rows=n_embd),
+            TensorSpec(name=p + "ffn_gate.weight", ne0=n_embd, rows=n_ff),
+            TensorSpec(name=p + "ffn_up.weight", ne0=n_embd, rows=n_ff),
+            TensorSpec(name=p + "ffn_down.weight", ne0=n_ff, rows=n_embd),
+        ]
+    return ModelShape(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        n_vocab=n_vocab,
+        tied_embeddings=tied,
+        tensors=tensors,
+    )
+
+
+def _gguf_shape(path: Path) -> ModelShape:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path), "r")
+
+    def field(key: str) -> int | str | None:
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        value = f.contents()
+        return value if isinstance(value, int | str) else None
+
+    arch = str(field("general.architecture") or "llama")
+
+    def num(key: str, default: int | None = None) -> int:
+        value = field(f"{arch}.{key}")
+        if value is None:
+            if default is None:
+                raise HaqaError(
+                    f"{path} lacks {arch}.{key}: re-export the GGUF with a current tool"
+                )
+            return default
+        return int(value)
+
+    n_embd = num("embedding_length")
+    n_head = num("attention.head_count")
+    tensors = []
+    for t in reader.tensors:
+        shape = [int(x) for x in t.shape]
+        tensors.append(
+            TensorSpec(
+                name=t.name,
+                ne0=shape[0],
+                rows=math.prod(shape[1:]) if len(shape) > 1 else 1,
+                ggml_type=t.tensor_type.name,
+                n_bytes=int(t.n_bytes),
+            )
+        )
+    names = {t.name for t in tensors}
+    embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+    ftype_id = field("general.file_type")
+    return ModelShape(
+        n_layer=num("block_count"),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=num("attention.head_count_kv", n_head),
+        head_dim=num("attention.key_length", n_embd // n_head),
+        n_ff=num("feed_forward_length"),
+        n_vocab=num("vocab_size", embd.rows if embd else 0),
+        tied_embeddings="output.weight" not in names,
+        file_type=FTYPE_IDS.get(int(ftype_id)) if isinstance(ftype_id, int) else None,
+        tensors=tensors,
+    )
+
+
+def read_shape(model: Path) -> ModelShape:
+    """The model's shape and tensors, from GGUF metadata or an HF config.json (no weights read)."""
+    if model.is_file() and is_gguf(model):
+        return _gguf_shape(model)
+    if model.is_dir():
+        return _hf_shape(model)
+    raise HaqaError(f"{model} is neither a GGUF file nor a model folder: pass one of them")
+
+
+# --------------------------------------------------------------------------- weight types
+
+
+def _use_more_bits(i_layer: int, n_layers: int) -> bool:
+    return (
+        i_layer < n_layers // 8
+        or i_layer >= 7 * n_layers // 8
+        or (i_layer - n_layers // 8) % 3 == 2
+    )
+
+
+def predict_tensor_type(spec: TensorSpec, quant_type: str, shape: ModelShape) -> str:
+    """The ggml type llama.cpp's quantizer gives this tensor for ``quant_type`` (an approximation
+    of ``llama_tensor_get_type`` in llama-quant.cpp, for LLaMA-style dense models): 1-D tensors
+    stay F32; the output matrix (or the tied embedding) gets Q6_K unless the type is Q8_0; the K_M
+    mixes give attn_v and ffn_down more bits in the first/last eighth and every third layer; rows
+    whose length is not a multiple of the block size fall back to a 32-block type or F16."""
+    base = FTYPE_BASE[quant_type]
+    if spec.rows == 1 or not spec.name.endswith("weight") or "_norm" in spec.name:
+        return "F32"
+    if BLOCK[base][0] == 1:
+        return base
+    name = spec.name
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+    n = shape.n_layer
+    gqa = shape.n_head // max(1, shape.n_head_kv)
+    new = base
+    is_output = name == "output.weight" or (shape.tied_embeddings and name == "token_embd.weight")
+    if is_output:
+        if spec.ne0 % BLOCK[base][0] != 0:
+            new = "Q8_0"
+        elif base != "Q8_0":
+            new = "Q6_K"
+    elif name.endswith("attn_v.weight"):
+        if quant_type == "Q2_K":
+            new = "Q4_K" if gqa >= 4 else "Q3_K"
+        elif quant_type == "Q3_K_M":
+            new = "Q5_K" if layer < 2 else "Q4_K"
+        elif quant_type == "Q3_K_L" or (quant_type in ("IQ4_NL", "IQ4_XS") and gqa >= 4):
+            new = "Q5_K"
+        elif quant_type in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, n):
+            new = "Q6_K"
+        elif quant_type == "Q4_K_S" and layer < 4:
+            new = "Q5_K"
+    elif name.endswith("ffn_down.weight"):
+        if quant_type == "Q2_K":
+            new = "Q3_K"
+        elif quant_type == "Q3_K_M":
+            new = "Q5_K" if layer < n // 16 else "Q4_K"
+        elif quant_type == "Q3_K_L":
+            new = "Q5_K"
+        elif quant_type in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, n):
+            new = "Q6_K"
+        elif quant_type in ("IQ4_NL", "IQ4_XS", "Q4_K_S") and layer < n // 8:
+            new = "Q5_K"
+    elif name.endswith("attn_output.weight"):
+        new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(quant_type, base)
+    if spec.ne0 % BLOCK[new][0] != 0:
+        new = _FALLBACK.get(new, new)
+        if spec.ne0 % BLOCK[new][0] != 0:
+            new = "F16"
+    return new
+
+
+def tensor_bytes(ne0: int, rows: int, ggml_type: str) -> int:
+    block, size = BLOCK[ggml_type]
+    return rows * (ne0 // block) * size if ne0 % block == 0 else rows * ne0 * 2
+
+
+def weights_bytes(shape: ModelShape, quant_type: str) -> tuple[int, str]:
+    """Bytes of the weights as llama.cpp holds them: read from the file when it already has
+    ``quant_type``, else predicted tensor by tensor."""
+    if shape.file_type == quant_type and all(t.n_bytes is not None for t in shape.tensors):
+        return sum(t.n_bytes or 0 for t in shape.tensors), f"read from the GGUF ({quant_type})"
+    total = 0
+    counts: dict[str, int] = {}
+    for t in shape.tensors:
+        ggml_type = predict_tensor_type(t, quant_type, shape)
+        counts[ggml_type] = counts.get(ggml_type, 0) + 1
+        total += tensor_bytes(t.ne0, t.rows, ggml_type)
+    mix = ", ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
+    return total, f"predicted for {quant_type} from the tensor shapes ({mix} tensors)"
+
+
+# ------------------------------------------------------------------------------ deploy
+
+
+def _kv_bytes_per_element(kv_type: str) -> float:
+    block, size = BLOCK[kv_type.upper()]
+    return size / block
+
+
+def kv_cache_size(shape: ModelShape, config: DeployConfig) -> int:
+    # llama.cpp pads the cache to a multiple of 256 cells; n_ctx is shared by all sequences.
+    cells = math.ceil(config.n_ctx / 256) * 256
+    row = shape.n_head_kv * shape.head_dim
+    per_cell = row * (_kv_bytes_per_element(config.type_k) + _kv_bytes_per_element(config.type_v))
+    return int(shape.n_layer * cells * per_cell)
+
+
+def compute_size(shape: ModelShape, config: DeployConfig) -> tuple[int, str]:
+    """Compute-buffer bytes actually touched while a full physical batch is processed.
+
+    llama.cpp reserves the buffer for the worst graph (all n_ubatch logits), but a prompt batch
+    keeps only the last token's logits, so the resident part is the larger of the per-layer
+    activations (n_ubatch x (a*n_embd + b*n_ff) floats) and, without flash attention, the
+    attention scores (n_ctx x n_ubatch x n_head floats) plus the activations alive beside them."""
+    n_ub = min(config.n_ubatch, config.n_batch, config.n_ctx)
+    cells = math.ceil(config.n_ctx / 256) * 256
+    act = n_ub * (_ACT_EMBD_ROWS * shape.n_embd + _ACT_FF_ROWS * shape.n_ff) * 4
+    if config.flash_attn:
+        attn = 0.0
+        how = "flash attention: no n_ctx x n_ubatch score matrix"
+    else:
+        attn = _ATTN_SCORE_FACTOR * cells * n_ub * shape.n_head * 4.0
+        how = f"attention scores {cells} x {n_ub} x {shape.n_head} heads fp32 (no flash-attn)"
+    logits = shape.n_vocab * 4.0 * 2  # the last token's logits and the host output buffer
+    total = act + attn + logits
+    return int(total), f"activations of a {n_ub}-token ubatch + {how} + one row of logits"
+
+
+def estimate_deploy_memory(args: DeployMemoryArgs) -> MemoryEstimate:
+    """Predicted peak resident memory (bytes) of serving ``args.model`` with llama.cpp under
+    ``args.config`` on the CPU: weights (read from the GGUF when it already has the config's
+    quant_type, else predicted per tensor from llama.cpp's type mix), KV cache (n_ctx x layers x
+    KV heads x head dim x bytes of type_k/type_v), compute buffers (from n_ubatch, and n_ctx when
+    flash attention is off) and the runtime's calibrated fixed overhead. Fast: reads metadata
+    only. With mmap the weights count as resident once read (they are all read every token)."""
+    shape = read_shape(args.model)
+    config = args.config
+    w_bytes, w_note = weights_bytes(shape, config.quant_type)
+    kv = kv_cache_size(shape, config)
+    compute, c_note = compute_size(shape, config)
+    overhead = RUNTIME_OVERHEAD_BYTES
+    notes = [
+        f"weights: {w_note}"
+        + ("; mmap: file pages, resident once read" if config.use_mmap else "; read into RAM"),
+        f"KV cache: {shape.n_layer} layers x {math.ceil(config.n_ctx / 256) * 256} cells x "
+        f"{shape.n_head_kv} KV heads x {shape.head_dim} x ({config.type_k} + {config.type_v})",
+        f"compute: {c_note}",
+        f"overhead: Python + llama.cpp runtime, calibrated {overhead / _MIB:.0f} MiB",
+    ]
+    if config.n_gpu_layers > 0:
+        notes.append("n_gpu_layers > 0: host memory only is estimated, as if all on the CPU")
+    total = w_bytes + kv + compute + overhead
+    return MemoryEstimate(
+        weights_bytes=w_bytes,
+        kv_cache_bytes=kv,
+        compute_bytes=compute,
+        overhead_bytes=overhead,
+        total_bytes=total,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------------------- fine-tune
+
+# Resident memory of a Python process with torch, transformers, peft and bitsandbytes imported
+# and a training step's allocator caches warm; calibrated (see the test).
+FINETUNE_OVERHEAD_BYTES = 512 * _MIB
+
+
+def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
+    """Predicted peak resident memory (bytes) of one QLoRA training run on the CPU: the frozen
+    base quantized by bitsandbytes (4-bit: 0.5 byte/weight + one fp32 absmax per 64 weights, or
+    ~1 byte + 1/256 fp32 with double quantization; int8: 1 byte + per-row fp32 scales), embeddings
+    and norms in the compute dtype, LoRA A/B (r x (in + out) per target module) with fp32
+    gradients and two fp32 AdamW moments, activations at batch x sequence length, and a calibrated
+    framework overhead. Reads config.json only."""
+    shape = _hf_shape(args.model)
+    cfg = args.config
+    act_bytes = 2 if cfg.compute_dtype in ("bfloat16", "float16") else 4
+    targets = set(cfg.target_modules)
+    hd, h, ff = shape.head_dim, shape.n_embd, shape.n_ff
+    modules = {
+        "q_proj": (h, shape.n_head * hd),
+        "k_proj": (h, shape.n_head_kv * hd),
+        "v_proj": (h, shape.n_head_kv * hd),
+        "o_proj": (shape.n_head * hd, h),
+        "gate_proj": (h, ff),
+        "up_proj": (h, ff),
+        "down_proj": (ff, h),
+    }
+    linear = sum(i * o for i, o in modules.values()) * shape.n_layer
+    if cfg.quant == "int8":
+        per_weight = 1.0
+        scales: float = sum(o for _, o in modules.values()) * shape.n_layer * 4.0
+    else:
+        per_weight = 0.5
+        # absmax per 64-weight block: fp32, or 8-bit + an fp32 per 256 blocks when double-quant.
+        scales = linear / 64 * (1 + 4 / 256 if cfg.double_quant else 4)
+    base_q = linear * per_weight + scales
+    # Embeddings, output head and norms stay unquantized (fp32 on CPU loads by default).
+    embed = shape.n_vocab * h * (1 if shape.tied_embeddings else 2) * 4
+    lora_params = sum(cfg.lora_r * (i + o) for name, (i, o) in modules.items() if name in targets)
+    lora_params *= shape.n_layer
+    # fp32 parameters + gradients + AdamW exp_avg + exp_avg_sq.
+    lora_state = lora_params * 4 * 4
+    tokens = cfg.batch_size * cfg.max_seq_len
+    # Saved activations per token per layer, fitted to measured QLoRA steps of the tiny model at
+    # full sequence length (eager attention, fp32 compute): ~(24 x hidden + 7 x ff) values (the
+    # residual stream, norms, q/k/v/o, the FFN's gate/up/act, LoRA inputs, and their gradients
+    # in flight), plus the attention scores and probabilities (~3.3 x heads x seq fp32).
+    per_layer = tokens * (24 * h + 7 * ff) * act_bytes
+    per_layer += int(tokens * shape.n_head * cfg.max_seq_len * 4 * 3.3)
+    logits = tokens * shape.n_vocab * 4 * 3
+    activations = shape.n_layer * per_layer + logits
+    total = int(base_q + embed + lora_state + activations + FINETUNE_OVERHEAD_BYTES)
+    return MemoryEstimate(
+        weights_bytes=int(base_q + embed),
+        kv_cache_bytes=0,
+        compute_bytes=int(lora_state + activations),
+        overhead_bytes=FINETUNE_OVERHEAD_BYTES,
+        total_bytes=total,
+        notes=[
+            f"base: {linear / 1e6:.1f}M linear weights as {cfg.quant} "
+            f"({'double-quant ' if cfg.double_quant and cfg.quant != 'int8' else ''}scales "
+            f"{scales / _MIB:.1f} MiB) + embeddings {embed / _MIB:.0f} MiB fp32",
+            f"LoRA: {lora_params / 1e6:.2f}M params x (weight + grad + 2 AdamW moments) fp32",
+            f"activations: {cfg.batch_size} x {cfg.max_seq_len} tokens x {shape.n_layer} layers "
+            f"({act_bytes}-byte {cfg.compute_dtype}) + attention probs + 3 x logits fp32",
+            f"overhead: torch/transformers/peft/bitsandbytes, {FINETUNE_OVERHEAD_BYTES / _MIB:.0f} "
+            "MiB calibrated",
+        ],
+    )
+
+
+# ------------------------------------------------------------------------- measurement
+
+_CHILD = r"""
+import ctypes, json, sys
+import llama_cpp as L
+cfg = json.loads(sys.argv[1])
+_cb = L.llama_log_callback(lambda level, text, data: None)
+L.llama_log_set(_cb, ctypes.c_void_p(0))
+L.llama_backend_init()
+mp = L.llama_model_default_params()
+# Extra (repacked) buffer types would hold a second copy of some weights, and their prompt
+# kernels crash on some CPUs in this llama.cpp build: measure the plain CPU buffers.
+mp.use_extra_bufts = False
+mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if cfg["use_mmap"] else L.LLAMA_LOAD_MODE_NONE
+model = L.llama_model_load_from_file(cfg["model"].encode(), mp)
+if not model:
+    sys.exit("cannot load " + cfg["model"])
+cp = L.llama_context_default_params()
+cp.n_ctx, cp.n_batch, cp.n_ubatch = cfg["n_ctx"], cfg["n_batch"], cfg["n_ubatch"]
+cp.n_threads = cp.n_threads_batch = cfg["n_threads"]
+cp.type_k = getattr(L, "GGML_TYPE_" + cfg["type_k"].upper())
+cp.type_v = getattr(L, "GGML_TYPE_" + cfg["type_v"].upper())
+cp.flash_attn_type = (
+    L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg["flash_attn"] else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+)
+ctx = L.llama_init_from_model(model, cp)
+if not ctx:
+    sys.exit("cannot create the context")
+n_gen = cfg["n_gen"]
+# Fill the context, n_batch tokens per call: the last batches attend over the whole cache, the
+# worst case the gate must cover.
+n_prompt = max(1, cfg["n_ctx"] - n_gen)
+toks = [(i * 7919) % 97 + 3 for i in range(n_prompt)]
+for start in range(0, n_prompt, cfg["n_batch"]):
+    chunk = toks[start : start + cfg["n_batch"]]
+    arr = (L.llama_token * len(chunk))(*chunk)
+    if L.llama_decode(ctx, L.llama_batch_get_one(arr, len(chunk))) != 0:
+        sys.exit("prompt decode failed")
+for _ in range(n_gen):
+    one = (L.llama_token * 1)(5)
+    if L.llama_decode(ctx, L.llama_batch_get_one(one, 1)) != 0:
+        sys.exit("decode failed")
+with open("/proc/self/status") as f:
+    hwm = [int(x.split()[1]) * 1024 for x in f if x.startswith("VmHWM")][0]
+print(json.dumps({"peak_rss_bytes": hwm, "n_prompt": n_prompt}))
+"""
+
+
+class MeasuredMemory(BaseModel):
+    peak_rss_bytes: int
+    n_prompt: int
+
+
+def measure_deploy_peak_rss(gguf: Path, config: DeployConfig, n_gen: int = 8) -> MeasuredMemory:
+    """Peak RSS of a child process that loads ``gguf`` with the config's runtime settings,
+    fills the context with a prompt (n_ctx - n_gen tokens, n_batch per call) and decodes ``n_gen``
+    tokens (Linux: VmHWM). The ground truth the estimate is calibrated against."""
+    payload = {
+        "model": str(gguf),
+        "use_mmap": config.use_mmap,
+        "n_ctx": config.n_ctx,
+        "n_batch": config.n_batch,
+        "n_ubatch": config.n_ubatch,
+        "n_threads": config.threads_batch,
+        "type_k": config.type_k,
+        "type_v": config.type_v,
+        "flash_attn": config.flash_attn,
+        "n_gen": n_gen,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement failed (rc {proc.returncode}): {proc.stderr[-500:]}")
+    return MeasuredMemory.model_validate_json(proc.stdout.strip().splitlines()[-1])
