@@ -95,6 +95,7 @@ def _curve(
 def compare_brains(
     store: Store,
     *,
+    scratch: Store | None = None,
     grid_id: str,
     brains: list[str],
     seeds: int,
@@ -106,6 +107,8 @@ def compare_brains(
 ) -> CompareResult:
     from haqa.agents.brains import ALL_BRAINS
     from haqa.graph.routing import Budgets
+
+    # The runs go to a scratch store when given (they are many and only their scores matter).
     from haqa.graph.run import RunConfig, start_run
 
     if seeds <= 0:
@@ -140,9 +143,10 @@ def compare_brains(
             if progress:
                 progress(f"{brain} seed {seed}")
             cfg = base.model_copy(update={"brain": brain, "seed": seed})
-            run_id, result = start_run(store, cfg, toolbox=TabularToolbox(store, grid_id))
+            runs = scratch or store
+            run_id, result = start_run(runs, cfg, toolbox=TabularToolbox(store, grid_id))
             ids.append(run_id)
-            curves.append(_curve(store, run_id, truth, budget))
+            curves.append(_curve(runs, run_id, truth, budget))
             invalid.append(result.invalid_proposals if result else 0)
         finals = [c[-1] if c else 0.0 for c in curves]
         reach = [

@@ -206,7 +206,8 @@ def _setup(
         from haqa.agents.grid import TabularToolbox, grid_search_space
 
         goal = cfg.parsed_goal()
-        tabular = TabularToolbox(store, cfg.tabular)
+        given = toolbox if isinstance(toolbox, TabularToolbox) else None
+        tabular = given or TabularToolbox(store, cfg.tabular)
         check_grid_matches(tabular.grid, cfg)
         summary = f"{cfg.model} (recorded grid {cfg.tabular})"
         return goal, toolbox or tabular, grid_search_space(tabular.grid), summary

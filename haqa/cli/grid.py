@@ -143,8 +143,16 @@ def compare_command(
     if seeds <= 0:
         raise HaqaError(f"--seeds must be at least 1, got {seeds}")
     store = open_store(db, create=False)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch_path = out / "compare.duckdb"
+    scratch_path.unlink(missing_ok=True)
+    # Every run of the comparison is kept in its own store beside the table, held open (fast).
+    from haqa.store import Store
+
+    scratch = Store(scratch_path, keep_open=True)
     result = compare_brains(
         store,
+        scratch=scratch,
         grid_id=tabular,
         brains=names,
         seeds=seeds,
@@ -170,8 +178,8 @@ def compare_command(
             f"{s.invalid_mean:.1f}",
         )
     console.print(table)
+    scratch.close()
     console.print(f"grid optimum {result.optimum:.2f}: {result.optimum_config}")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(result.model_dump_json(indent=2))
     png = plot_convergence(result, out / "convergence.png")
-    console.print(f"table: {out / 'compare.json'}  plot: {png}")
+    console.print(f"table: {out / 'compare.json'}  plot: {png}  runs: {scratch_path}")

@@ -39,8 +39,13 @@ class Store(GridMixin):
     #: How long a write waits for another process's lock before giving up with a clear message.
     lock_timeout_s: float = 10.0
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = True, keep_open: bool = False
+    ) -> None:
+        """``keep_open`` holds one connection for this object's life: much faster writes, but no
+        other process can open the file meanwhile (for scratch stores such as ``haqa compare``)."""
         self.path = Path(path)
+        self._held: Any = None
         if not create and not self.path.exists():
             raise HaqaError(f"store {self.path} does not exist: pass --db with an existing file")
         if self.path.exists() and self.path.is_dir():
@@ -55,12 +60,25 @@ class Store(GridMixin):
             if version < SCHEMA_VERSION:
                 with self._connect() as con:
                     self._ensure_schema(con)
+        if keep_open:
+            import duckdb
+
+            self._held = duckdb.connect(str(self.path))
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     # -- connection ------------------------------------------------------------------------
 
     @contextmanager
     def _connect(self, *, read_only: bool = False) -> Iterator[Any]:
         import duckdb
+
+        if self._held is not None:
+            yield self._held
+            return
 
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
