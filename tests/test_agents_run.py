@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def expert_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Store, str]:
+def expert_run(tmp_path_factory: pytest.TempPathFactory, tiny_home: Path) -> tuple[Store, str]:
     store = Store(tmp_path_factory.mktemp("run") / "haqa.duckdb")
     run_id, result = start_run(store, small_run_config())
     assert result is not None
