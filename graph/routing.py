@@ -6,7 +6,7 @@ Nothing here runs a tool or touches the store, so each rule is tested on plain l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,6 +70,12 @@ def stage_stop_reason(
     if roofline is not None and roofline_stop is not None and roofline >= roofline_stop:
         return f"roofline efficiency {roofline:.2f} >= {roofline_stop:.2f}"
     return None
+
+
+def measured_stop(rt: Any, patience: int) -> int:
+    """The patience rule depends on measurements; a replay follows the recorded decisions
+    instead (it stops a stage where the recording did), so its patience is unlimited."""
+    return 1_000_000 if getattr(rt.brain, "kind", "") == "replay" else patience
 
 
 def next_route(*, analysed: bool, finetune_done: bool, deploy_done: bool) -> Route:

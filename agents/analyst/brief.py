@@ -144,6 +144,7 @@ def make_brief(
         "physical_cores": profile.get("physical_cores"),
         "logical_cores": profile.get("logical_cores"),
         "bandwidth_bytes_per_s": bandwidth,
+        "llc_bytes": (profile.get("caches") or {}).get("l3_bytes"),
         "fingerprint": profile.get("fingerprint"),
         "text": text,
     }

@@ -18,7 +18,7 @@ from haqa.agents.common import (
 from haqa.agents.readonly import RunReadOnlyTools
 from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
 from haqa.agents.supervisor.gate import admit
-from haqa.graph.routing import stage_stop_reason
+from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import FinetuneConfig
 from haqa.units import format_bytes
 
@@ -83,7 +83,7 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
     stop = stage_stop_reason(
         views,
         budget=rt.budgets.finetune_trials,
-        patience=rt.budgets.patience,
+        patience=measured_stop(rt, rt.budgets.patience),
         elapsed_s=rt.elapsed_s,
         wall_clock_s=rt.budgets.wall_clock_s,
     )

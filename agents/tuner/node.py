@@ -18,7 +18,7 @@ from haqa.agents.common import (
 from haqa.agents.readonly import RunReadOnlyTools
 from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
 from haqa.agents.supervisor.gate import admit
-from haqa.graph.routing import stage_stop_reason
+from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import DeployConfig
 from haqa.units import format_bytes
 
@@ -86,13 +86,19 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     if best is not None:
         trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
         roofline = getattr(trial.metrics, "roofline_efficiency", None)
+        # A model that fits in the last-level cache is not bound by DRAM bandwidth: its
+        # "efficiency" can exceed 1 and says nothing about headroom, so it stops nothing.
+        read = getattr(trial.metrics, "bytes_per_token", None)
+        llc = brief.get("llc_bytes")
+        if read and llc and read <= llc:
+            roofline = None
     stop = stage_stop_reason(
         views,
         budget=rt.budgets.deploy_trials,
-        patience=rt.budgets.patience,
+        patience=measured_stop(rt, rt.budgets.patience),
         elapsed_s=rt.elapsed_s,
         wall_clock_s=rt.budgets.wall_clock_s,
-        roofline=roofline,
+        roofline=roofline if rt.brain.kind != "replay" else None,
         roofline_stop=rt.budgets.roofline_stop,
     )
     if stop is None and rt.control.stop.is_set():

@@ -1,0 +1,81 @@
+"""Build llama.cpp's own ``llama-bench`` from the sources llama-cpp-python vendors.
+
+The binary is built once per llama-cpp-python version into
+``$HAQA_HOME/llama-bench/<version>/bin/llama-bench``, from the sdist of the installed version
+(``pip download --no-binary``), with the same defaults the wheel was built with (Release,
+``GGML_NATIVE``), so the comparison in ``llama_bench_fidelity.py`` measures the same kernels.
+
+Run alone to build: ``.venv/bin/python bench/llama_bench_build.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from haqa.errors import HaqaError
+from haqa.paths import haqa_home
+
+
+def llama_cpp_version() -> str:
+    return version("llama-cpp-python")
+
+
+def bench_dir() -> Path:
+    return haqa_home() / "llama-bench" / llama_cpp_version()
+
+
+def ensure_llama_bench(jobs: int = 2) -> Path:
+    """The path of the built ``llama-bench``; builds it first (minutes) if it is missing."""
+    out = bench_dir()
+    exe = out / "bin" / "llama-bench"
+    if exe.is_file():
+        return exe
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise HaqaError(f"building llama-bench needs {tool}: install it (e.g. apt-get install)")
+    out.mkdir(parents=True, exist_ok=True)
+    ver = llama_cpp_version()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        work = Path(tmp)
+        sdist = out / f"llama_cpp_python-{ver}.tar.gz"
+        if not sdist.is_file():
+            print(f"downloading the llama-cpp-python {ver} sdist ...", flush=True)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+            subprocess.run([*cmd, f"llama-cpp-python=={ver}", "-d", str(work)], check=True)
+            shutil.move(str(next(work.glob("llama_cpp_python-*.tar.gz"))), sdist)
+        with tarfile.open(sdist) as tar:
+            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name]
+            tar.extractall(work, members=members, filter="data")
+        src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        build = work / "build"
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        flags = [
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_BUILD_TOOLS=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+        ]
+        print(f"building llama-bench {ver} (a few minutes) ...", flush=True)
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), *gen, *flags], check=True)
+        subprocess.run(
+            ["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(jobs)],
+            check=True,
+        )
+        (out / "bin").mkdir(exist_ok=True)
+        tmp_exe = out / "bin" / "llama-bench.tmp"
+        shutil.copy2(build / "bin" / "llama-bench", tmp_exe)
+        tmp_exe.replace(exe)  # atomic: a half-copied binary is never taken as built
+    return exe
+
+
+if __name__ == "__main__":
+    print(ensure_llama_bench())

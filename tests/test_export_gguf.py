@@ -1,0 +1,105 @@
+"""GGUF export and quantization: real conversions of the tiny model, cached by content."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from haqa.errors import HaqaError
+from haqa.tools.export_gguf import (
+    Args,
+    QuantizeArgs,
+    check_gguf,
+    check_quant_type,
+    export_gguf,
+    quantize_gguf,
+)
+
+pytestmark = pytest.mark.slow
+
+TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K")
+
+
+@pytest.fixture()
+def tiny_f16(tiny_model: Path) -> Path:
+    return export_gguf(Args(model=tiny_model, outtype="F16")).gguf_path
+
+
+def test_export_then_quantize_to_every_required_type(tiny_model: Path, tiny_f16: Path) -> None:
+    sizes = {}
+    for q in TYPES:
+        r = export_gguf(Args(model=tiny_model, quant_type=q))  # type: ignore[arg-type]
+        assert r.quant_type == q
+        assert r.base_gguf_path == tiny_f16
+        assert r.gguf_path.read_bytes()[:4] == b"GGUF"
+        assert check_gguf(r.gguf_path).n_params == r.n_params
+        sizes[q] = r.size_bytes
+    # Fewer bits, smaller file: the quantization really happened.
+    assert sizes["F16"] > sizes["Q8_0"] > sizes["Q4_0"] > sizes["Q2_K"]
+
+
+def test_the_same_export_is_never_done_twice(tiny_model: Path) -> None:
+    first = export_gguf(Args(model=tiny_model, quant_type="Q5_K_M"))
+    stamp = first.gguf_path.stat().st_mtime_ns
+    again = export_gguf(Args(model=tiny_model, quant_type="Q5_K_M"))
+    assert again.cached is True
+    assert again.gguf_path == first.gguf_path
+    assert again.gguf_path.stat().st_mtime_ns == stamp  # not rewritten
+    assert not list(first.gguf_path.parent.glob("*.tmp"))  # no leftovers of atomic writes
+
+
+def test_quantize_an_existing_gguf_with_output_copy(tiny_f16: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m-q8.gguf"
+    r = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q8_0", output=out))
+    assert r.gguf_path == out and out.is_file()
+    assert r.size_bytes < tiny_f16.stat().st_size
+    r2 = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q8_0"))
+    assert r2.cached is True
+    assert r2.size_bytes == r.size_bytes
+
+
+def test_a_lora_adapter_is_merged_before_conversion(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)  # a non-zero update, so merging changes the weights
+    peft_model.save_pretrained(tmp_path / "adapter")
+    plain = export_gguf(Args(model=tiny_model, outtype="F32"))
+    merged = export_gguf(Args(model=tiny_model, adapter=tmp_path / "adapter", outtype="F32"))
+    assert merged.gguf_path != plain.gguf_path
+    assert merged.n_params == plain.n_params  # merged in, not added as extra tensors
+    assert merged.gguf_path.read_bytes() != plain.gguf_path.read_bytes()
+
+
+def test_bad_inputs_are_one_line_haqa_errors(tiny_f16: Path, tmp_path: Path) -> None:
+    with pytest.raises(HaqaError, match="not a Hugging Face model folder"):
+        export_gguf(Args(model=tmp_path))
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello")
+    with pytest.raises(HaqaError, match="not a GGUF"):
+        quantize_gguf(QuantizeArgs(gguf=text, quant_type="Q4_0"))
+    cut = tmp_path / "cut.gguf"
+    data = tiny_f16.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(HaqaError, match="truncated") as exc:
+        quantize_gguf(QuantizeArgs(gguf=cut, quant_type="Q4_0"))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(HaqaError, match="unknown GGUF type"):
+        check_quant_type("Q9_9")
+    with pytest.raises(ValidationError):
+        QuantizeArgs(gguf=tiny_f16, quant_type="Q9_9")  # type: ignore[arg-type]
+
+
+def test_cache_key_follows_content_not_path(tiny_model: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    assert export_gguf(Args(model=copy)).cached is True  # same bytes, same artifact

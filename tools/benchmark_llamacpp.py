@@ -1,0 +1,482 @@
+"""Prompt-processing (pp) and generation (tg) tokens/s of a GGUF model under llama.cpp, measured
+the way llama.cpp's ``llama-bench`` measures them (tools/llama-bench/llama-bench.cpp):
+
+* each test (pp, then tg) gets a fresh context and a ggml thread pool attached to it (llama-bench
+  does the same; without one, ggml creates and joins threads for every graph, which a server does
+  not do either);
+* one warm-up run (the whole pp test; one tg token), then ``repetitions`` timed runs, the KV cache
+  cleared before each;
+* pp: ``n_prompt`` random token ids (BOS first when the model adds one) decoded in ``n_batch``-sized
+  ``llama_decode`` calls, then ``llama_synchronize``; tg: ``n_gen`` single-token decodes, each
+  followed by ``llama_synchronize``;
+* samples_ts = tokens / seconds per repetition; avg_ts and stddev_ts (sample stddev) over them.
+
+Each benchmark runs in a child process (``python -m haqa.tools.benchmark_llamacpp``) that reports
+its own peak resident memory (``VmHWM`` of ``/proc/self/status``: model pages touched through
+mmap, KV cache, compute buffers, plus the interpreter's ~0.1 GB), so one model's pages never count
+against the next benchmark.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from haqa.errors import HaqaError
+from haqa.schemas import RuntimeSettings
+
+#: ggml type ids (ggml.h ``enum ggml_type``) and bytes per element of the KV-cache types.
+_GGML_TYPES: dict[str, tuple[int, float]] = {
+    "f32": (0, 4.0),
+    "f16": (1, 2.0),
+    "q4_0": (2, 18 / 32),
+    "q4_1": (3, 20 / 32),
+    "q5_0": (6, 22 / 32),
+    "q5_1": (7, 24 / 32),
+    "q8_0": (8, 34 / 32),
+    "iq4_nl": (20, 18 / 32),
+    "bf16": (30, 2.0),
+}
+_RESULT_TAG = "HAQA_BENCH_RESULT "
+
+
+class Args(BaseModel):
+    """Benchmark a GGUF file's pp and tg tokens/s with the given llama.cpp runtime settings."""
+
+    model: Path = Field(description="the GGUF file")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    n_prompt: int = Field(512, ge=0, le=1_048_576, description="prompt tokens of the pp test")
+    n_gen: int = Field(128, ge=0, le=1_048_576, description="generated tokens of the tg test")
+    repetitions: int = Field(5, ge=1, le=1000, description="timed runs per test")
+    bandwidth_bytes_per_s: float | None = Field(
+        None, gt=0, description="measured memory bandwidth, for roofline_efficiency"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Args:
+        if self.n_prompt == 0 and self.n_gen == 0:
+            raise ValueError("n_prompt and n_gen are both 0: nothing to measure")
+        return self
+
+
+class TestResult(BaseModel):
+    """One row of llama-bench's output: a pp test (n_gen=0) or a tg test (n_prompt=0)."""
+
+    test: str = Field(description="pp<n> or tg<n>, as llama-bench labels it")
+    n_prompt: int
+    n_gen: int
+    avg_ns: int
+    stddev_ns: int
+    avg_ts: float = Field(description="mean tokens/s over the repetitions")
+    stddev_ts: float = Field(description="sample standard deviation of tokens/s")
+    samples_ns: list[int]
+    samples_ts: list[float]
+
+
+class Result(BaseModel):
+    model_filename: str
+    model_type: str = Field(description="llama.cpp's model description (arch size type)")
+    model_size: int = Field(description="bytes of weights (llama_model_size)")
+    model_n_params: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    n_gpu_layers: int
+    use_mmap: bool
+    n_ctx: int
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    tests: list[TestResult]
+    prefill_tps: float | None = Field(description="avg_ts of the pp test")
+    decode_tps: float | None = Field(description="avg_ts of the tg test")
+    peak_rss_bytes: int = Field(description="peak resident memory of the benchmark process")
+    bytes_per_token: float = Field(
+        description="bytes read per generated token: weights minus the unread rows of the token "
+        "embedding, plus the KV cache at the tg test's mean position"
+    )
+    roofline_efficiency: float | None = Field(
+        None, description="decode_tps × bytes_per_token ÷ bandwidth (1.0 = memory-bound peak)"
+    )
+    time_s: float
+
+
+# -- statistics as llama-bench computes them -----------------------------------------------------
+
+
+def avg(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def stdev(values: list[float]) -> float:
+    """llama-bench's ``stdev``: sample standard deviation, 0 for fewer than two values."""
+    n = len(values)
+    if n <= 1:
+        return 0.0
+    mean = avg(values)
+    sq = sum(v * v for v in values)
+    return math.sqrt(max(0.0, sq / (n - 1) - mean * mean * n / (n - 1)))
+
+
+def make_test_result(name: str, n_prompt: int, n_gen: int, samples_ns: list[int]) -> TestResult:
+    n_tokens = n_prompt + n_gen
+    ts = [1e9 * n_tokens / t for t in samples_ns]
+    ns = [float(t) for t in samples_ns]
+    return TestResult(
+        test=name,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        avg_ns=int(avg(ns)),
+        stddev_ns=int(stdev(ns)),
+        avg_ts=avg(ts),
+        stddev_ts=stdev(ts),
+        samples_ns=samples_ns,
+        samples_ts=ts,
+    )
+
+
+# -- validation and the bytes-per-token model ----------------------------------------------------
+
+
+def validate(args: Args) -> None:
+    """Everything that can be checked before a child process starts; HaqaError, one line."""
+    from haqa.tools.export_gguf import check_gguf
+
+    check_gguf(Path(args.model))
+    rt = args.runtime
+    cores = os.cpu_count() or 1
+    for name, n in (("n_threads", rt.n_threads), ("n_threads_batch", rt.threads_batch)):
+        if n > cores:
+            raise HaqaError(f"{name}={n} is more than this machine's {cores} logical cores")
+    if rt.n_ubatch > rt.n_batch:
+        raise HaqaError(f"n_ubatch ({rt.n_ubatch}) must be <= n_batch ({rt.n_batch})")
+    if rt.n_ctx < max(args.n_prompt, args.n_gen):
+        raise HaqaError(
+            f"n_ctx={rt.n_ctx} is smaller than the test (n_prompt={args.n_prompt}, "
+            f"n_gen={args.n_gen}): raise n_ctx"
+        )
+
+
+def bytes_per_token(model: Path, runtime: RuntimeSettings, n_gen: int) -> float:
+    """Bytes read to generate one token. Weights: every tensor's bytes, except that only one row
+    of the token-embedding table is read (unless the output layer reuses it). KV cache: K and V of
+    every layer at the tg test's mean position (n_gen / 2), at type_k / type_v."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(model)
+    tensors = {t.name: t for t in reader.tensors}
+    weights = float(sum(int(t.n_bytes) for t in reader.tensors))
+    emb = tensors.get("token_embd.weight")
+    if emb is not None and "output.weight" in tensors:
+        n_rows = int(emb.shape[-1]) if len(emb.shape) > 1 else 1
+        weights -= int(emb.n_bytes) * (1 - 1 / max(n_rows, 1))
+
+    def field(key: str) -> int | None:
+        f = reader.fields.get(key)
+        if f is None or not f.data:
+            return None
+        return int(f.parts[f.data[0]][0])
+
+    arch_field = reader.fields.get("general.architecture")
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode() if arch_field else "llama"
+    n_layer = field(f"{arch}.block_count") or 0
+    n_embd = field(f"{arch}.embedding_length") or 0
+    n_head = field(f"{arch}.attention.head_count") or 1
+    n_head_kv = field(f"{arch}.attention.head_count_kv") or n_head
+    head_k = field(f"{arch}.attention.key_length") or n_embd // n_head
+    head_v = field(f"{arch}.attention.value_length") or n_embd // n_head
+    per_cell = (
+        n_layer
+        * n_head_kv
+        * (head_k * _GGML_TYPES[runtime.type_k][1] + head_v * _GGML_TYPES[runtime.type_v][1])
+    )
+    return weights + per_cell * (n_gen / 2)
+
+
+# -- the measurement (runs in the child process) -------------------------------------------------
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    # ggml.h ``struct ggml_threadpool_params`` (GGML_MAX_N_THREADS = 512).
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+def _ggml_threadpool_api(llama_cpp: Any) -> tuple[Any, Any, Any, Any]:
+    """``ggml_threadpool_params_default``, ``_new``, ``_free`` and ``llama_attach_threadpool``:
+    llama-cpp-python does not bind them, the shared libraries it loaded export them."""
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
+    llama = llama_cpp.llama_cpp._lib
+    base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+    base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+    cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    cpu.ggml_threadpool_free.restype = None
+    llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    llama.llama_attach_threadpool.restype = None
+    return (
+        base.ggml_threadpool_params_default,
+        cpu.ggml_threadpool_new,
+        cpu.ggml_threadpool_free,
+        llama.llama_attach_threadpool,
+    )
+
+
+def extra_bufts_safe() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types. On CPUs with AMX the
+    first extra type is AMX, and with the llama.cpp that llama-cpp-python 0.3.36 vendors its
+    repacked quantized weights crash ``llama_decode`` (segfault, seen on a Sapphire Rapids VM), so
+    haqa turns the extra types off there (the fidelity benchmark passes ``--repack 0`` to match)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_tile" not in f.read()
+    except OSError:
+        return True
+
+
+def _load_mode(llama_cpp: Any, rt: RuntimeSettings) -> int:
+    if rt.use_mmap:
+        return int(
+            llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK if rt.use_mlock else llama_cpp.LLAMA_LOAD_MODE_MMAP
+        )
+    return int(llama_cpp.LLAMA_LOAD_MODE_MLOCK if rt.use_mlock else llama_cpp.LLAMA_LOAD_MODE_NONE)
+
+
+def measure(args: Args) -> dict[str, Any]:
+    """Run the pp and tg tests in this process; the llama-bench fields, without peak RSS."""
+    import llama_cpp
+    import numpy as np
+
+    from haqa.tools.export_gguf import quiet_llama_cpp
+
+    quiet_llama_cpp()
+    rt = args.runtime
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = rt.n_gpu_layers
+    mparams.load_mode = _load_mode(llama_cpp, rt)
+    mparams.use_extra_bufts = extra_bufts_safe()
+    model = llama_cpp.llama_model_load_from_file(str(args.model).encode(), mparams)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {args.model}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+    bos = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else -1
+    desc = ctypes.create_string_buffer(128)
+    llama_cpp.llama_model_desc(model, desc, 128)
+    tp_default, tp_new, tp_free, attach = _ggml_threadpool_api(llama_cpp)
+    rng = np.random.default_rng(0)
+
+    def new_context() -> tuple[Any, list[Any]]:
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = rt.n_ctx
+        cparams.n_batch = rt.n_batch
+        cparams.n_ubatch = rt.n_ubatch
+        cparams.type_k = _GGML_TYPES[rt.type_k][0]
+        cparams.type_v = _GGML_TYPES[rt.type_v][0]
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if rt.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.n_threads = rt.n_threads
+        cparams.n_threads_batch = rt.threads_batch
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create the context (n_ctx / KV type?)")
+        pools = []
+        for n in dict.fromkeys((rt.n_threads, rt.threads_batch)):
+            params = tp_default(n)  # poll=50, normal priority: llama-bench's defaults
+            pools.append(tp_new(ctypes.byref(params)))
+        attach(ctx, pools[0], pools[-1])
+        return ctx, pools
+
+    def clear(ctx: Any) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
+
+    # One batch with explicit positions, filled through numpy views of its arrays (llama-bench's
+    # common_batch does the same in C++): no per-token Python loop in the timed region beyond the
+    # tg test's single token.
+    cap = max(rt.n_batch, 1)
+    batch = llama_cpp.llama_batch_init(cap, 0, 1)
+    tok = np.ctypeslib.as_array(batch.token, shape=(cap,))
+    pos = np.ctypeslib.as_array(batch.pos, shape=(cap,))
+    out = np.ctypeslib.as_array(batch.logits, shape=(cap,))
+    np.ctypeslib.as_array(batch.n_seq_id, shape=(cap,))[:] = 1
+    for i in range(cap):
+        batch.seq_id[i][0] = 0
+
+    def decode(ctx: Any, n: int, p0: int) -> None:
+        pos[:n] = np.arange(p0, p0 + n, dtype=np.int32)
+        out[:n] = 0
+        out[n - 1] = 1  # logits of the last token only, as llama-bench asks
+        batch.n_tokens = n
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run_pp(ctx: Any, n_prompt: int) -> None:
+        done = 0
+        while done < n_prompt:
+            n = min(n_prompt - done, rt.n_batch)
+            tok[:n] = rng.integers(0, n_vocab, size=n, dtype=np.int32)
+            if done == 0 and bos >= 0:
+                tok[0] = bos
+            decode(ctx, n, done)
+            done += n
+        llama_cpp.llama_synchronize(ctx)
+
+    def run_tg(ctx: Any, n_gen: int) -> None:
+        tok[0] = bos if bos >= 0 else int(rng.integers(n_vocab))
+        for i in range(n_gen):
+            decode(ctx, 1, i)
+            llama_cpp.llama_synchronize(ctx)
+            tok[0] = int(rng.integers(n_vocab))
+
+    tests: list[dict[str, Any]] = []
+    plan = [("pp", args.n_prompt, 0), ("tg", 0, args.n_gen)]
+    for kind, n_prompt, n_gen in plan:
+        if n_prompt + n_gen == 0:
+            continue
+        ctx, pools = new_context()
+        try:
+            clear(ctx)
+            if kind == "pp":
+                run_pp(ctx, n_prompt)
+            else:
+                run_tg(ctx, 1)
+            samples: list[int] = []
+            for _ in range(args.repetitions):
+                clear(ctx)
+                t0 = time.perf_counter_ns()
+                if kind == "pp":
+                    run_pp(ctx, n_prompt)
+                else:
+                    run_tg(ctx, n_gen)
+                samples.append(time.perf_counter_ns() - t0)
+        finally:
+            llama_cpp.llama_free(ctx)
+            for pool in pools:
+                tp_free(pool)
+        name = f"pp{n_prompt}" if kind == "pp" else f"tg{n_gen}"
+        tests.append(make_test_result(name, n_prompt, n_gen, samples).model_dump())
+    result = {
+        "model_type": desc.value.decode(errors="replace"),
+        "model_size": int(llama_cpp.llama_model_size(model)),
+        "model_n_params": int(llama_cpp.llama_model_n_params(model)),
+        "tests": tests,
+    }
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_model_free(model)
+    return result
+
+
+def _run_child(args: Args) -> tuple[dict[str, Any], int]:
+    """Measure in a child process; its result and its peak RSS in bytes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haqa.tools.benchmark_llamacpp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # RUSAGE_CHILDREN would be a maximum over every child so far; the child reports its own.
+    out, err = proc.communicate(args.model_dump_json())
+    if proc.returncode != 0:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        raise RuntimeError(f"benchmark process failed: {lines[-1] if lines else proc.returncode}")
+    for line in out.splitlines():
+        if line.startswith(_RESULT_TAG):
+            data = json.loads(line[len(_RESULT_TAG) :])
+            return data, int(data.pop("peak_rss_bytes"))
+    raise RuntimeError("benchmark process printed no result")
+
+
+def benchmark_llamacpp(args: Args) -> Result:
+    """Measure prompt processing (pp) and generation (tg) tokens/s of a GGUF model with llama.cpp
+    on this machine, as llama-bench does (warm-up, repetitions, mean ± stddev), plus peak memory,
+    bytes read per generated token and, given the memory bandwidth, the roofline efficiency."""
+    t0 = time.perf_counter()
+    validate(args)
+    data, peak_rss = _run_child(args)
+    rt = args.runtime
+    tests = [TestResult(**t) for t in data["tests"]]
+    pp = next((t.avg_ts for t in tests if t.n_prompt > 0), None)
+    tg = next((t.avg_ts for t in tests if t.n_gen > 0), None)
+    bpt = bytes_per_token(Path(args.model), rt, args.n_gen)
+    roof = None
+    if tg is not None and args.bandwidth_bytes_per_s:
+        roof = tg * bpt / args.bandwidth_bytes_per_s
+    return Result(
+        model_filename=str(args.model),
+        model_type=data["model_type"],
+        model_size=data["model_size"],
+        model_n_params=data["model_n_params"],
+        n_batch=rt.n_batch,
+        n_ubatch=rt.n_ubatch,
+        n_threads=rt.n_threads,
+        n_threads_batch=rt.threads_batch,
+        type_k=rt.type_k,
+        type_v=rt.type_v,
+        flash_attn=rt.flash_attn,
+        n_gpu_layers=rt.n_gpu_layers,
+        use_mmap=rt.use_mmap,
+        n_ctx=rt.n_ctx,
+        n_prompt=args.n_prompt,
+        n_gen=args.n_gen,
+        repetitions=args.repetitions,
+        tests=tests,
+        prefill_tps=pp,
+        decode_tps=tg,
+        peak_rss_bytes=peak_rss,
+        bytes_per_token=bpt,
+        roofline_efficiency=roof,
+        time_s=time.perf_counter() - t0,
+    )
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM belongs to the address space made by exec; ru_maxrss would
+    not do on Linux, where it carries over the parent's peak across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _child_main() -> None:
+    args = Args.model_validate_json(sys.stdin.read())
+    data = measure(args)
+    data["peak_rss_bytes"] = _peak_rss_bytes()
+    print(_RESULT_TAG + json.dumps(data), flush=True)
+
+
+if __name__ == "__main__":
+    _child_main()

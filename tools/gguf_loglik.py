@@ -1,0 +1,181 @@
+"""Log-likelihood of continuations under a GGUF model, through llama.cpp: how the accuracy of the
+DEPLOYED artifact (each quantization type) is measured.
+
+Tokenized the way lm-evaluation-harness does: trailing spaces of the context move to the
+continuation; tokens of the context and of context+continuation are taken (BOS as the model adds
+it), and the continuation is the tail of the latter after the context's tokens. The KV cache is
+kept between requests and only the part after the shared prefix is decoded again, so the choices of
+one multiple-choice question cost one context plus their own tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from haqa.errors import HaqaError
+
+
+class Args(BaseModel):
+    """Score (context, continuation) pairs under a GGUF model."""
+
+    gguf_path: Path = Field(description="the GGUF model file")
+    requests: list[tuple[str, str]] = Field(description="(context, continuation) pairs")
+    n_threads: int | None = Field(None, ge=1, description="threads (default: all logical cores)")
+    n_ctx: int = Field(512, ge=16, description="context window; longer inputs keep their tail")
+
+
+class Result(BaseModel):
+    logprobs: list[float] = Field(description="sum of log-probs of each continuation, in order")
+
+
+def split_request(context: str, continuation: str) -> tuple[str, str]:
+    """lm-evaluation-harness's ``_encode_pair`` rule: trailing spaces belong to the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    return context, continuation
+
+
+class _Model:
+    """A llama.cpp model and context with all-token logits, freed on ``close``."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        import llama_cpp
+
+        from haqa.tools.benchmark_llamacpp import extra_bufts_safe
+        from haqa.tools.export_gguf import check_gguf, quiet_llama_cpp
+
+        check_gguf(path)
+        quiet_llama_cpp()
+        self.lib: Any = llama_cpp
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = extra_bufts_safe()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise HaqaError(f"llama.cpp could not load {path}: re-export the GGUF")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = min(n_ctx, 512)
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise HaqaError(f"llama.cpp could not create a {n_ctx}-token context: lower n_ctx")
+        self.n_ctx = n_ctx
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self.cached: list[int] = []  # tokens whose K/V are in the cache, from position 0
+
+    def tokenize(self, text: str) -> list[int]:
+        raw = text.encode()
+        n_max = len(raw) + 8
+        buf = (self.lib.llama_token * n_max)()
+        n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, n_max, True, False)
+        if n < 0:  # buffer too small: -n is the size needed
+            buf = (self.lib.llama_token * -n)()
+            n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, -n, True, False)
+        return list(buf[:n])
+
+    def score(self, tokens: list[int], first: int) -> float:
+        """Sum of log p(tokens[i] | tokens[:i]) for i in [first, len(tokens))."""
+        # Keep the shared prefix, but re-decode from the token before the first scored one: its
+        # logits are needed and the cache keeps K/V, not logits.
+        keep = 0
+        limit = min(len(self.cached), first - 1)
+        while keep < limit and self.cached[keep] == tokens[keep]:
+            keep += 1
+        self.lib.llama_memory_seq_rm(self.mem, 0, keep, -1)
+        self.cached = self.cached[:keep]
+        todo = tokens[keep:-1]  # the last token is only predicted, never fed
+        b = self.batch
+        for i, tok in enumerate(todo):
+            pos = keep + i
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1 if pos >= first - 1 else 0
+        b.n_tokens = len(todo)
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed while scoring")
+        self.cached = tokens[:-1]
+        total = 0.0
+        for i in range(len(todo)):
+            pos = keep + i
+            if pos < first - 1:
+                continue
+            total += self._logprob(i, tokens[pos + 1])
+        return total
+
+    def _logprob(self, i: int, target: int) -> float:
+        import numpy as np
+
+        ptr = self.lib.llama_get_logits_ith(self.ctx, i)
+        logits = np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
+        ).astype(np.float64)
+        m = float(logits.max())
+        return float(logits[target] - m - math.log(float(np.exp(logits - m).sum())))
+
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)
+
+
+def gguf_continuation_logprobs(
+    gguf_path: Path,
+    requests: list[tuple[str, str]],
+    *,
+    n_threads: int | None = None,
+    n_ctx: int = 512,
+) -> list[float]:
+    """For each (context, continuation): the sum of the log-probabilities of the continuation's
+    tokens given the context, under the GGUF model (llama.cpp on the CPU)."""
+    if not requests:
+        return []
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
+    try:
+        encoded: list[tuple[list[int], int]] = []
+        for context, continuation in requests:
+            ctx_text, cont_text = split_request(context, continuation)
+            ctx_tokens = model.tokenize(ctx_text)
+            whole = model.tokenize(ctx_text + cont_text)
+            n_cont = len(whole) - len(ctx_tokens)
+            if n_cont <= 0:
+                raise HaqaError(f"continuation {continuation!r} adds no tokens: check the task")
+            if n_cont >= n_ctx:
+                raise HaqaError(f"a continuation of {n_cont} tokens does not fit n_ctx={n_ctx}")
+            whole = whole[-(n_ctx + 1) :]  # keep the tail, as lm-eval does
+            encoded.append((whole, len(whole) - n_cont))
+        # Sorted, requests sharing a context follow each other and reuse its K/V.
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i][0])
+        out = [0.0] * len(encoded)
+        for i in order:
+            tokens, first = encoded[i]
+            out[i] = model.score(tokens, max(first, 1))
+        return out
+    finally:
+        model.close()
+
+
+def gguf_loglik(args: Args) -> Result:
+    """Typed wrapper of ``gguf_continuation_logprobs`` for agents and the CLI."""
+    return Result(
+        logprobs=gguf_continuation_logprobs(
+            args.gguf_path, args.requests, n_threads=args.n_threads, n_ctx=args.n_ctx
+        )
+    )
