@@ -1,4 +1,4 @@
-"""Run mypy and the import contracts on the installed layout: ``haqa.tools`` is the ``tools/`` folder, and so on.
+"""Run mypy and the import contracts on the installed layout (``haqa.tools`` is ``tools/``, …).
 
 mypy cannot follow the editable install's import hook, so this builds a tree of symlinks that
 looks like the installed package (``.typecheck/haqa/tools -> ../../tools``) and checks that.

@@ -261,7 +261,10 @@ def test_memory_gate_on_the_200m_model_never_runs_what_does_not_fit(
     assert set(rejected) == {"F16", "Q8_0"}
     for quant, t in rejected.items():
         assert t.metrics.predicted_peak_mem_bytes == need[quant]  # type: ignore[attr-defined]
-    assert not [t for t in trials if t.status == "ok" and t.config.get("quant_type") in rejected]
+    # Nothing that does not fit was deployed or benchmarked (the reference accuracy of the tiny
+    # model's F16 GGUF is an evaluation of the small model, not a deployment of the 200M one).
+    deployed = [t for t in trials if t.tool in ("deploy_trial", "benchmark_llamacpp")]
+    assert not [t for t in deployed if t.status == "ok" and t.config["quant_type"] in rejected]
     ran = [t for t in trials if t.status == "ok" and t.tool == "deploy_trial"]
     assert [t.config["quant_type"] for t in ran] == ["Q4_0"]
     assert result is not None and result.found

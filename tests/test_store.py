@@ -153,6 +153,7 @@ def test_store_locked_by_another_process_is_a_clear_error(db_path: Path) -> None
         slow = Store.__new__(Store)
         slow.path = db_path
         slow.lock_timeout_s = 0.3
+        slow._held = None
         with pytest.raises(HaqaError, match="locked by another process"):
             slow.create_run(model="m", brain="manual")
     finally:

@@ -236,6 +236,9 @@ def demo_command(
         memory_budget=memory_budget,
         budgets=Budgets(finetune_trials=2, deploy_trials=6, patience=4, wall_clock_s=900),
         eval_limit=100,
+        n_prompt=256,
+        n_gen=32,
+        repetitions=3,
     )
     cfg.parsed_goal()
     store = open_store(db)

@@ -14,7 +14,7 @@ import typer
 from haqa.cli import app
 from haqa.cli.common import DbOption
 from haqa.paths import default_db_path
-from haqa.store import MessageRecord, Store
+from haqa.store import Store
 
 
 class LiveBackend:
@@ -33,9 +33,6 @@ class LiveBackend:
         cfg = RunConfig.model_validate(fields)
         cfg.parsed_goal()  # a bad goal or memory budget is a HaqaError now, not after starting
         return cfg
-
-    def describe(self, config: Any) -> dict[str, Any]:
-        return dict(config.model_dump(mode="json"))
 
     def new_control(self) -> Any:
         from haqa.agents.runtime import RunControl
@@ -79,4 +76,4 @@ def tui(
     HaqaApp(path, backend=LiveBackend(), replay=replay).run()
 
 
-__all__ = ["LiveBackend", "MessageRecord", "tui"]
+__all__ = ["LiveBackend", "tui"]

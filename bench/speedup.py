@@ -1,0 +1,91 @@
+"""The chosen configuration's decode and prefill tok/s ÷ llama.cpp's defaults on the same model
+(at F16, and at Q4_K_M — the usual hand choice), measured side by side, interleaved, in one run;
+and ÷ the best configuration of a recorded grid when one is given.
+
+    python bench/speedup.py --run RUN_ID [--grid GRID_ID] [--rounds 3] [--db haqa.duckdb]
+
+RUN_ID is a finished `haqa run`/`haqa demo` run (its speed model is what is benchmarked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from _common import ratio, reproduce_line
+
+from haqa.agents.supervisor.result import llama_defaults
+from haqa.errors import HaqaError
+from haqa.schemas import DeployConfig
+from haqa.store import Store
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--grid")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--db", default="haqa.duckdb")
+    args = parser.parse_args()
+    from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
+    from haqa.graph.run import RunConfig, prepare
+
+    store = Store(Path(args.db), create=False)
+    run = store.get_run(args.run)
+    if not run.result or not run.result.get("found"):
+        raise HaqaError(f"run {args.run} has no answer to benchmark")
+    cfg = RunConfig.model_validate(run.config)
+    _, settings, _ = prepare(cfg)
+    box = LiveToolbox(ToolboxSettings(**{**settings.model_dump(), "repetitions": 3}))
+    box.probe()
+    chosen = DeployConfig.model_validate(run.result["config"])
+    brief = (run.hardware or {}).get("brief", {})
+    defaults = llama_defaults(brief)
+    adapter = run.result.get("adapter_path")
+    contenders = {
+        "chosen": lambda: box._benchmark(
+            box._speed_gguf(adapter, chosen.quant_type), chosen.runtime
+        ),
+        "defaults@F16": lambda: box.baseline("F16", defaults),
+        "defaults@Q4_K_M": lambda: box.baseline("Q4_K_M", defaults),
+    }
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+    for r in range(args.rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            m = contenders[name]()
+            samples[name].append((m.prefill_tps or 0.0, m.decode_tps or 0.0))
+    med = {
+        k: (statistics.median(p for p, _ in v), statistics.median(t for _, t in v))
+        for k, v in samples.items()
+    }
+    print(
+        f"model: {cfg.speed_model or cfg.model}; chosen: {chosen.quant_type} "
+        f"{chosen.runtime.model_dump()}"
+    )
+    print(f"{'contender':<18}{'pp tok/s':>10}{'tg tok/s':>10}")
+    for k, (pp, tg) in med.items():
+        print(f"{k:<18}{pp:>10.1f}{tg:>10.1f}")
+    for base in ("defaults@F16", "defaults@Q4_K_M"):
+        print(
+            f"chosen ÷ {base}: decode {ratio(med['chosen'][1], med[base][1])}, "
+            f"prefill {ratio(med['chosen'][0], med[base][0])}"
+        )
+    if args.grid:
+        from haqa.agents.compare import grid_truth
+        from haqa.agents.grid import TabularToolbox
+
+        grid_box = TabularToolbox(store, args.grid)
+        _, optimum, best_cfg = grid_truth(grid_box, cfg.parsed_goal())
+        print(f"chosen decode ÷ grid best ({best_cfg}): {ratio(med['chosen'][1], optimum)}")
+    print(
+        f"accuracy of the chosen deployment: {run.result.get('accuracy_validation')} "
+        f"(reference {run.result.get('reference_accuracy')})"
+    )
+    print(reproduce_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The panes of the run and replay screens, one widget per file."""
