@@ -79,6 +79,33 @@ def _finish(store: Store, run_id: str, result: RunResult | None, report_dir: Pat
     console.print(f"report: {path}")
 
 
+class _PhasePrinter:
+    """Prints each build phase once (the builders report progress many times per phase)."""
+
+    def __init__(self) -> None:
+        self.phase = ""
+
+    def __call__(self, phase: str, done: int, total: int, detail: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            console.print(f"  [dim]{phase}[/] {detail}")
+
+
+def build_zoo_models(*specs: str | None) -> None:
+    """Build the zoo models a run names before it starts, showing progress (once per machine)."""
+    from haqa import zoo
+
+    for spec in specs:
+        if not spec or not spec.startswith("zoo:"):
+            continue
+        name = spec[len("zoo:") :]
+        zoo.zoo_path(name)  # a clear error for an unknown name
+        if zoo.is_built(name):
+            continue
+        console.print(f"building {spec} (once; kept in the cache for every later run)")
+        zoo.ensure(name, progress=_PhasePrinter())
+
+
 def _runtime_summary(cfg: dict[str, Any]) -> str:
     keys = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v")
     return " ".join(f"{k}={cfg.get(k)}" for k in keys)
@@ -176,6 +203,8 @@ def run_command(
             update={"finetune": cfg.finetune.model_copy(update={"max_steps": finetune_steps})}
         )
     cfg.parsed_goal()  # one-line errors for the goal before anything is stored
+    if not cfg.tabular:
+        build_zoo_models(cfg.model, cfg.speed_model)
     store = open_store(db)
     run_id, result = start_run(store, cfg, on_event=on_event)
     _finish(store, run_id, result, report_dir)
@@ -243,6 +272,7 @@ def demo_command(
     cfg.parsed_goal()
     store = open_store(db)
     console.print("[bold]haqa demo[/]: zoo:tiny fine-tuned, deployment tuned on zoo:bench-200m")
+    build_zoo_models(cfg.model, cfg.speed_model)
 
     def on_event(m: MessageRecord) -> None:
         print_message(m, verbose=verbose)
