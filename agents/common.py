@@ -291,3 +291,59 @@ __all__ = [
     "run_trial",
     "static_prompt",
 ]
+
+
+def ask_brain(
+    rt: RunRuntime,
+    *,
+    agent: str,
+    stage: Literal["finetune", "deploy"],
+    static: str,
+    views: list[TrialView],
+    defaults: dict[str, Any],
+    brief: dict[str, Any],
+    extra: str = "",
+) -> Proposal:
+    """One decision of a searching agent: write its dynamic prompt, ask the brain (validated,
+    with the expert fallback), record the decision. A ``trial`` proposal is complete and valid."""
+    from haqa.agents.readonly import RunReadOnlyTools
+
+    space = rt.finetune_space if stage == "finetune" else rt.deploy_space
+    budget = rt.budgets.finetune_trials if stage == "finetune" else rt.budgets.deploy_trials
+    feedback = last_feedback(rt, agent)
+    budget_left = budget - sum(1 for v in views if v.status in ("ok", "failed", "rejected"))
+    prompt = dynamic_prompt(
+        rt, views=views, knobs=space.names, budget_left=budget_left, feedback=feedback, extra=extra
+    )
+    rt.say(agent, ROLE_USER, prompt)
+    ctx = DecisionContext(
+        run_id=rt.run_id,
+        agent=agent,
+        stage=stage,
+        space=space,
+        goal=rt.goal,
+        static_prompt=static,
+        dynamic_prompt=prompt,
+        history=views,
+        defaults=defaults,
+        budget_left=budget_left,
+        feedback=feedback,
+        brief=brief,
+        tools=RunReadOnlyTools(rt, stage, defaults),
+        trace=rt.trace,
+        seed=rt.seed,
+    )
+    parse = DeployConfig.model_validate if stage == "deploy" else FinetuneConfig.model_validate
+    proposal, parsed = decide(rt, ctx, parse=parse)
+    record_decision(rt, agent, proposal)
+    if parsed is None:
+        return Proposal(action="finish", thought=proposal.thought)
+    return proposal
+
+
+def report_trial(rt: RunRuntime, agent: str, trial: TrialRecord, summary: str) -> None:
+    """Tell the agent how its trial went (the observation of its ReAct step)."""
+    if trial.status == "ok":
+        rt.say(agent, ROLE_OBSERVATION, f"trial {trial.trial_id}{summary}")
+    else:
+        rt.say(agent, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")

@@ -7,7 +7,7 @@ reading the tool schema, so they say units and why a knob matters.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,27 +17,6 @@ Stage = Literal["finetune", "deploy"]
 TrialStatus = Literal["ok", "failed", "rejected", "pruned"]
 
 #: llama.cpp quantization types haqa can produce (``llama_model_quantize`` ftype names).
-GGUF_QUANT_TYPES: tuple[str, ...] = (
-    "F32",
-    "F16",
-    "BF16",
-    "Q8_0",
-    "Q6_K",
-    "Q5_K_M",
-    "Q5_K_S",
-    "Q5_0",
-    "Q5_1",
-    "Q4_K_M",
-    "Q4_K_S",
-    "Q4_0",
-    "Q4_1",
-    "IQ4_NL",
-    "IQ4_XS",
-    "Q3_K_L",
-    "Q3_K_M",
-    "Q3_K_S",
-    "Q2_K",
-)
 GgufQuantType = Literal[
     "F32",
     "F16",
@@ -59,6 +38,7 @@ GgufQuantType = Literal[
     "Q3_K_S",
     "Q2_K",
 ]
+GGUF_QUANT_TYPES: tuple[str, ...] = get_args(GgufQuantType)
 #: KV-cache element types llama.cpp accepts for ``type_k`` / ``type_v``.
 KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from haqa.agents.brains.base import DecisionContext
 from haqa.agents.common import (
-    decide,
-    dynamic_prompt,
+    ask_brain,
     ensure_system_prompt,
-    last_feedback,
-    record_decision,
+    report_trial,
     run_trial,
     space_text,
     static_prompt,
 )
-from haqa.agents.readonly import RunReadOnlyTools
-from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
 from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import FinetuneConfig
@@ -67,17 +63,14 @@ def best_adapter(rt: RunRuntime) -> tuple[str | None, float | None]:
 
 def planner_step(rt: RunRuntime) -> dict[str, Any]:
     brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
-    ensure_system_prompt(
-        rt,
+    static = static_prompt(
         AGENT,
-        static_prompt(
-            AGENT,
-            model=rt.model_summary,
-            goal=rt.goal.describe(),
-            brief=brief.get("text", "(none)"),
-            space=space_text(rt.finetune_space),
-        ),
+        model=rt.model_summary,
+        goal=rt.goal.describe(),
+        brief=brief.get("text", "(none)"),
+        space=space_text(rt.finetune_space),
     )
+    ensure_system_prompt(rt, AGENT, static)
     base_trial(rt)
     views = rt.views(STAGE)
     stop = stage_stop_reason(
@@ -92,41 +85,11 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
     if stop:
         return finish_stage(rt, stop)
 
-    knobs = rt.finetune_space.names
-    feedback = last_feedback(rt, AGENT)
-    budget_left = rt.budgets.finetune_trials - sum(
-        1 for v in views if v.status in ("ok", "failed", "rejected")
-    )
-    prompt = dynamic_prompt(
-        rt, views=views, knobs=knobs, budget_left=budget_left, feedback=feedback
-    )
-    rt.say(AGENT, ROLE_USER, prompt)
-    ctx = DecisionContext(
-        run_id=rt.run_id,
-        agent=AGENT,
-        stage=STAGE,
-        space=rt.finetune_space,
-        goal=rt.goal,
-        static_prompt=static_prompt(
-            AGENT,
-            model=rt.model_summary,
-            goal=rt.goal.describe(),
-            brief=brief.get("text", "(none)"),
-            space=space_text(rt.finetune_space),
-        ),
-        dynamic_prompt=prompt,
-        history=views,
-        defaults=dict(rt.finetune_defaults),
-        budget_left=budget_left,
-        feedback=feedback,
-        brief=brief,
-        tools=RunReadOnlyTools(rt, STAGE, dict(rt.finetune_defaults)),
-        trace=rt.trace,
-        seed=rt.seed,
-    )
-    proposal, parsed = decide(rt, ctx, parse=FinetuneConfig.model_validate)
-    record_decision(rt, AGENT, proposal)
-    if proposal.action == "finish" or parsed is None:
+    proposal = ask_brain(
+        rt, agent=AGENT, stage=STAGE, static=static, views=views,
+        defaults=dict(rt.finetune_defaults), brief=brief,
+    )  # fmt: skip
+    if proposal.action == "finish":
         return finish_stage(rt, f"{rt.brain.name} chose to finish: {proposal.thought}")
     config = FinetuneConfig.model_validate(proposal.config)
 
@@ -141,15 +104,14 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
         config=proposal.config,
         work=lambda: rt.toolbox.finetune(config),
     )
-    if trial.status == "ok":
-        rt.say(
-            AGENT,
-            ROLE_OBSERVATION,
-            f"trial {trial.trial_id}: validation accuracy {trial.metrics.accuracy:.3f}, "
-            f"peak memory {format_bytes(trial.metrics.peak_mem_bytes)}",
-        )
-    else:
-        rt.say(AGENT, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
+    m = trial.metrics
+    report_trial(
+        rt,
+        AGENT,
+        trial,
+        f": validation accuracy {m.accuracy or 0:.3f}, peak memory "
+        f"{format_bytes(m.peak_mem_bytes)}",
+    )
     return {}
 
 

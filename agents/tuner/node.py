@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from haqa.agents.brains.base import DecisionContext
 from haqa.agents.common import (
-    decide,
-    dynamic_prompt,
+    ask_brain,
     ensure_system_prompt,
-    last_feedback,
-    record_decision,
+    report_trial,
     run_trial,
     space_text,
     static_prompt,
 )
-from haqa.agents.readonly import RunReadOnlyTools
-from haqa.agents.runtime import ROLE_OBSERVATION, ROLE_USER, RunRuntime
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
 from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import DeployConfig
@@ -109,40 +105,16 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
 
     logical = max(int(c) for c in (rt.deploy_space.knob("n_threads").choices or (1,)))
     defaults = {"quant_type": "Q4_K_M", **hardware_defaults(brief, logical)}
-    knobs = rt.deploy_space.names
-    feedback = last_feedback(rt, AGENT)
-    budget_left = rt.budgets.deploy_trials - sum(
-        1 for v in views if v.status in ("ok", "failed", "rejected")
-    )
     extra = (
         f"Reference accuracy: {reference:.3f}; allowed drop {rt.goal.max_accuracy_drop:.3f}."
         if reference is not None
         else ""
     )
-    prompt = dynamic_prompt(
-        rt, views=views, knobs=knobs, budget_left=budget_left, feedback=feedback, extra=extra
-    )
-    rt.say(AGENT, ROLE_USER, prompt)
-    ctx = DecisionContext(
-        run_id=rt.run_id,
-        agent=AGENT,
-        stage=STAGE,
-        space=rt.deploy_space,
-        goal=rt.goal,
-        static_prompt=static,
-        dynamic_prompt=prompt,
-        history=views,
-        defaults=defaults,
-        budget_left=budget_left,
-        feedback=feedback,
-        brief=brief,
-        tools=RunReadOnlyTools(rt, STAGE, defaults),
-        trace=rt.trace,
-        seed=rt.seed,
-    )
-    proposal, parsed = decide(rt, ctx, parse=DeployConfig.model_validate)
-    record_decision(rt, AGENT, proposal)
-    if proposal.action == "finish" or parsed is None:
+    proposal = ask_brain(
+        rt, agent=AGENT, stage=STAGE, static=static, views=views, defaults=defaults,
+        brief=brief, extra=extra,
+    )  # fmt: skip
+    if proposal.action == "finish":
         rt.mark(
             "deploy_done",
             f"deployment stage finished: {rt.brain.name} chose to finish",
@@ -163,14 +135,11 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         work=lambda: rt.toolbox.deploy(config, adapter),
     )
     m = trial.metrics
-    if trial.status == "ok":
-        rt.say(
-            AGENT,
-            ROLE_OBSERVATION,
-            f"trial {trial.trial_id} ({config.quant_type}): accuracy {m.accuracy:.3f}, "
-            f"pp {m.prefill_tps or 0:.1f} tok/s, tg {m.decode_tps or 0:.1f} tok/s, "
-            f"peak {format_bytes(m.peak_mem_bytes)}",
-        )
-    else:
-        rt.say(AGENT, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
+    report_trial(
+        rt,
+        AGENT,
+        trial,
+        f" ({config.quant_type}): accuracy {m.accuracy or 0:.3f}, pp {m.prefill_tps or 0:.1f} "
+        f"tok/s, tg {m.decode_tps or 0:.1f} tok/s, peak {format_bytes(m.peak_mem_bytes)}",
+    )
     return {}
