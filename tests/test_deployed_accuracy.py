@@ -24,7 +24,7 @@ from haqa.tools.run_qlora import run_qlora
 pytestmark = pytest.mark.slow
 
 
-def test_q8_0_keeps_accuracy_and_q2_k_loses_it(tiny_model: Path) -> None:
+def test_q8_0_keeps_the_hf_accuracy(tiny_model: Path) -> None:
     adapter = run_qlora(
         QloraArgs(
             model=tiny_model,
