@@ -49,7 +49,8 @@ def grid_record(
     import os
 
     from haqa.agents.grid import default_grid_space, record_grid
-    from haqa.graph.run import RunConfig, default_toolbox, prepare
+    from haqa.agents.toolbox import LiveToolbox
+    from haqa.graph.run import RunConfig, prepare
     from haqa.schemas import GGUF_QUANT_TYPES
 
     store = open_store(db)
@@ -81,7 +82,9 @@ def grid_record(
     if flash_attn:
         space["flash_attn"] = [bool(int(f)) for f in _parse_list(flash_attn, "--flash-attn")]
     _, settings, _ = prepare(cfg)
-    toolbox = default_toolbox(cfg, settings)
+    # In-process: each benchmark already runs in its own child process (its peak memory its own),
+    # and a child per grid point would add seconds of start-up to every one of them.
+    toolbox = LiveToolbox(settings)
 
     def progress(step: int, total: int, what: str) -> None:
         console.print(f"[dim]{step:>4}/{total}[/] {what}")
