@@ -2,7 +2,7 @@
 (at F16, and at Q4_K_M — the usual hand choice), measured side by side, interleaved, in one run;
 and ÷ the best configuration of a recorded grid when one is given.
 
-    python bench/speedup.py --run RUN_ID [--grid GRID_ID] [--rounds 3] [--db haqa.duckdb]
+    python bench/speedup.py --run RUN_ID [--grid GRID_ID [--grid-db DB]] [--rounds 3] [--db DB]
 
 RUN_ID is a finished `haqa run`/`haqa demo` run (its speed model is what is benchmarked).
 """
@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--grid")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--db", default="haqa.duckdb")
+    parser.add_argument("--grid-db", help="store holding the grid (default: --db)")
     args = parser.parse_args()
     from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
     from haqa.graph.run import RunConfig, prepare
@@ -76,7 +77,8 @@ def main() -> int:
         from haqa.agents.compare import grid_truth
         from haqa.agents.grid import TabularToolbox
 
-        grid_box = TabularToolbox(store, args.grid)
+        grid_store = Store(Path(args.grid_db), create=False) if args.grid_db else store
+        grid_box = TabularToolbox(grid_store, args.grid)
         _, optimum, best_cfg = grid_truth(grid_box, cfg.parsed_goal())
         print(f"chosen decode ÷ grid best ({best_cfg}): {ratio(med['chosen'][1], optimum)}")
     print(
