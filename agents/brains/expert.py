@@ -121,6 +121,7 @@ class ExpertBrain:
 
         # Accuracy risk first: with a tight accuracy floor, types under ~4.5 bits rarely hold it,
         # so they are measured only after every safer type (and only if budget remains).
+        speed_order = list(ranked)  # fastest first, before the accuracy-risk partition
         drop = ctx.goal.max_accuracy_drop
         safe_bits = 4.5 if drop <= 0.02 else 3.9 if drop <= 0.05 else 0.0
         ranked = [q for q in ranked if QUANT_BITS.get(q, 16) >= safe_bits] + [
@@ -151,6 +152,36 @@ class ExpertBrain:
                         f"({rank_key.replace('_', ' ')}); runtime at the hardware defaults"
                     ),
                 )
+
+        # Measured headroom: if the most aggressive type measured so far still met the accuracy
+        # floor, a faster, more aggressive type may too — the prior gives way to the evidence.
+        measured_ok = [t for t in ctx.history if t.status == "ok" and t.accuracy is not None]
+        if measured_ok and not failed_accuracy:
+            boldest = min(
+                measured_ok, key=lambda t: QUANT_BITS.get(str(t.config["quant_type"]), 16)
+            )
+            bold_bits = QUANT_BITS.get(str(boldest.config["quant_type"]), 16)
+            if boldest.feasible:
+                for quant in ranked:
+                    bits = QUANT_BITS.get(quant, 16)
+                    candidate = {**ctx.defaults, "quant_type": quant}
+                    if (
+                        quant in measured_types
+                        or bits >= bold_bits
+                        or canonical(candidate) in tried
+                    ):
+                        continue
+                    bold_name = str(boldest.config["quant_type"])
+                    if speed_order.index(quant) > speed_order.index(bold_name):
+                        continue  # not predicted faster: nothing to gain for the risk
+                    return Proposal(
+                        action="trial",
+                        config=candidate,
+                        thought=(
+                            f"policy: {boldest.config['quant_type']} kept the accuracy floor, so "
+                            f"the faster {quant} ({bits:g} bits) may too"
+                        ),
+                    )
 
         best = ctx.incumbent()
         if best is None:
