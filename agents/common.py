@@ -84,12 +84,6 @@ def ensure_system_prompt(rt: RunRuntime, agent: str, text: str) -> None:
     rt.say(agent, ROLE_SYSTEM, text)
 
 
-class StepOutcome(BaseModel):
-    finished: bool
-    trial: TrialRecord | None = None
-    reason: str = ""
-
-
 def decide(
     rt: RunRuntime,
     ctx: DecisionContext,
@@ -278,19 +272,6 @@ def last_feedback(rt: RunRuntime, agent: str, limit: int = 3) -> list[str]:
         if m.role in (ROLE_OBSERVATION, ROLE_INVALID) and m.agent in (agent, "supervisor")
     ]
     return out[-limit:]
-
-
-__all__ = [
-    "ROLE_USER",
-    "StepOutcome",
-    "decide",
-    "dynamic_prompt",
-    "ensure_system_prompt",
-    "record_decision",
-    "record_rejection",
-    "run_trial",
-    "static_prompt",
-]
 
 
 def ask_brain(

@@ -176,9 +176,11 @@ class TabularToolbox:
         return TrialMetrics(accuracy=point.get("accuracy"))
 
     def _first_of(self, quant: str) -> dict[str, Any]:
-        for key, metrics_list in self.points.items():
-            if f'"quant_type": "{quant}"' in key:
-                return metrics_list[0]
+        """The first recorded measurement of any configuration of this quant type (its accuracy
+        does not depend on the runtime settings)."""
+        for point in iter_grid_configs(self.grid.space):
+            if point["quant_type"] == quant:
+                return self._lookup(point)[0]
         raise HaqaError(f"grid {self.grid.grid_id} has no {quant} configuration")
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:

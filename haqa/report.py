@@ -7,6 +7,7 @@ with the store (a test checks it).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ def _search_trials(trials: list[TrialRecord], stage: str) -> list[TrialRecord]:
     return [t for t in trials if t.stage == stage and "role" not in t.config]
 
 
-def pareto_front(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+def pareto_front(
+    points: Sequence[tuple[float, float, int]],
+) -> list[tuple[float, float, int]]:
     """Points (accuracy, decode tok/s, trial) not dominated in both, sorted by speed."""
     front = []
     for acc, tps, tid in points:

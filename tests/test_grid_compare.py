@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from haqa.agents.grid import TabularToolbox, record_grid
+from haqa.agents.grid import record_grid
 from haqa.agents.toolbox import LiveToolbox
 from haqa.cli import main
 from haqa.errors import HaqaError
@@ -121,7 +121,7 @@ def test_a_grid_from_another_model_or_machine_is_refused(
     con.execute("UPDATE grids SET hardware_fingerprint = 'elsewhere'")
     con.close()
     with pytest.raises(HaqaError, match="another machine"):
-        TabularToolbox(store, grid_id) and start_run(
+        start_run(
             store, RunConfig(model="zoo:tiny", tabular=grid_id, budgets=Budgets(finetune_trials=0))
         )
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from haqa.goal import Goal
+from haqa.report import pareto_front as report_pareto_front
 from haqa.store import MessageRecord, RunRecord, TrialRecord
 from haqa.units import format_bytes
 
@@ -241,13 +242,10 @@ def pareto_points(
 
 
 def pareto_front(points: Sequence[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
-    """The points no other point beats on both speed and accuracy, by ascending speed."""
-    front = [
-        p
-        for p in points
-        if not any((q[1] >= p[1] and q[2] >= p[2]) and (q[1] > p[1] or q[2] > p[2]) for q in points)
-    ]
-    return sorted(front, key=lambda p: p[1])
+    """The points (trial, decode tok/s, accuracy) no other point beats on both, by ascending
+    speed — the report's front (one definition), in the TUI's tuple order."""
+    front = report_pareto_front([(acc, tps, tid) for tid, tps, acc in points])
+    return [(tid, tps, acc) for acc, tps, tid in front]
 
 
 def budget_used(run: RunRecord, trials: Sequence[TrialRecord]) -> tuple[int, int | None]:
