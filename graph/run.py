@@ -7,6 +7,7 @@ again. The trial that was in flight when the run died is simply proposed and run
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,9 @@ def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
         )
 
 
+@functools.cache
 def machine_fingerprint() -> str:
+    """This machine's hardware fingerprint, probed once per process (compare checks it per run)."""
     from haqa.tools.probe_hardware import Args, probe_hardware
 
     return probe_hardware(Args(measure_bandwidth=False)).fingerprint
