@@ -31,7 +31,7 @@ from haqa.agents.runtime import (
     canonical,
 )
 from haqa.config import validation_message
-from haqa.errors import HaqaError
+from haqa.errors import HaqaError, no_room_message
 from haqa.schemas import DeployConfig, FinetuneConfig, TrialMetrics
 from haqa.store import TrialRecord, TrialResult, utcnow
 from haqa.units import format_bytes
@@ -201,7 +201,7 @@ def run_trial(
         metrics, status, error = TrialMetrics(), "failed", str(exc)
     except Exception as exc:
         metrics, status = TrialMetrics(), "failed"
-        error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
+        error = no_room_message(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
     return rt.add_trial(
         TrialResult(
             stage=stage,

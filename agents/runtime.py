@@ -18,6 +18,7 @@ from haqa.agents.brains.expert import ExpertBrain
 from haqa.agents.toolbox import Toolbox
 from haqa.goal import Goal
 from haqa.graph.routing import Budgets
+from haqa.schemas import MeasurementPolicy
 from haqa.space import SearchSpace
 from haqa.store import MessageRecord, Store, TrialRecord, TrialResult
 
@@ -64,6 +65,7 @@ class RunRuntime:
     control: RunControl = field(default_factory=RunControl)
     started_monotonic: float = field(default_factory=time.monotonic)
     seed: int = 0
+    measurement: MeasurementPolicy = field(default_factory=MeasurementPolicy)
     invalid_proposals: int = 0
     # Append-only caches of this run's trace and trials: read from the store once (a resumed
     # run), then extended by every write this process makes. The store stays the record.
@@ -151,8 +153,13 @@ class RunRuntime:
     def views(self, stage: str, reference_accuracy: float | None = None) -> list[TrialView]:
         """The stage's search trials as brains see them (baselines and references left out)."""
         out = []
-        for t in self.trials(stage):
-            if t.config.get("role") in ("baseline", "reference", "base"):
+        trials = self.trials(stage)
+        # A trial measured again after drift is replaced by its re-measurement.
+        replaced = superseded(trials)
+        for t in trials:
+            if t.config.get("role") in ("baseline", "reference", "base", "anchor", "test"):
+                continue
+            if t.trial_id in replaced:
                 continue
             m = t.metrics
             if stage == "finetune":
@@ -171,7 +178,7 @@ class RunRuntime:
                 TrialView(
                     trial_id=t.trial_id,
                     stage=t.stage,
-                    config={k: v for k, v in t.config.items() if k != "role"},
+                    config=search_config(t.config),
                     status=t.status,
                     error=t.error,
                     accuracy=m.accuracy,
@@ -183,6 +190,20 @@ class RunRuntime:
                 )
             )
         return out
+
+
+def superseded(trials: list[TrialRecord]) -> set[int]:
+    """Trials replaced by a re-measurement (``remeasure_of``) that finished."""
+    return {
+        int(t.config["remeasure_of"])
+        for t in trials
+        if "remeasure_of" in t.config and t.status == "ok"
+    }
+
+
+def search_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's configuration as the search sees it: without bookkeeping keys."""
+    return {k: v for k, v in config.items() if k not in ("role", "remeasure_of")}
 
 
 def canonical(config: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ class ToolboxSettings(BaseModel):
     n_prompt: int = 256
     n_gen: int = 64
     repetitions: int = 3
+    target_rsd: float | None = None
+    max_repetitions: int = 10
     quick_analysis: bool = False
 
 
@@ -196,9 +198,12 @@ class LiveToolbox:
                 n_prompt=self.s.n_prompt,
                 n_gen=self.s.n_gen,
                 repetitions=self.s.repetitions,
+                target_rsd=self.s.target_rsd,
+                max_repetitions=self.s.max_repetitions,
                 bandwidth_bytes_per_s=self._bandwidth,
             )
         )
+        rsd = {("pp" if t.n_prompt else "tg"): t.rsd for t in result.tests}
         return TrialMetrics(
             prefill_tps=result.prefill_tps,
             decode_tps=result.decode_tps,
@@ -206,6 +211,8 @@ class LiveToolbox:
             artifact_bytes=result.model_size,
             roofline_efficiency=result.roofline_efficiency,
             bytes_per_token=result.bytes_per_token,
+            decode_rsd=rsd.get("tg"),
+            prefill_rsd=rsd.get("pp"),
             benchmark=result.model_dump(mode="json", exclude={"samples_ns"}),
             gguf=str(gguf),
         )

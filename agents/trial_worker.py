@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     from haqa.agents.isolation import decode_arg
     from haqa.agents.toolbox import ToolboxSettings
-    from haqa.errors import HaqaError
+    from haqa.errors import HaqaError, no_room_message
 
     request = json.loads(Path(argv[0]).read_text())
     response = Path(argv[1])
@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
         reply = {"ok": False, "user_error": True, "error": str(exc)}
     except Exception as exc:
         traceback.print_exc()
-        reply = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"}
+        error = no_room_message(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
+        reply = {"ok": False, "error": error}
     response.write_text(json.dumps(reply, default=str))
     return 0
 

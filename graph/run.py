@@ -23,7 +23,7 @@ from haqa.goal import Goal
 from haqa.graph.build import build_graph
 from haqa.graph.routing import Budgets
 from haqa.modelref import resolve_model
-from haqa.schemas import FinetuneConfig, Strict
+from haqa.schemas import FinetuneConfig, MeasurementPolicy, Strict
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
 
@@ -68,6 +68,10 @@ class RunConfig(Strict):
     quick_analysis: bool = Field(
         False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
     )
+    measurement: MeasurementPolicy = Field(
+        default_factory=MeasurementPolicy,
+        description="benchmark repeats until steady; anchor re-measurement and drift",
+    )
 
     def parsed_goal(self) -> Goal:
         return Goal.parse(
@@ -75,6 +79,23 @@ class RunConfig(Strict):
             max_accuracy_drop_points=self.max_accuracy_drop,
             memory_budget=self.memory_budget,
         )
+
+
+def demo_config(memory_budget: str | None = "4GiB") -> RunConfig:
+    """The bundled defaults `haqa demo` runs (and the overhead benchmark measures): the tiny
+    model fine-tuned, the deployment tuned on the 200M speed model, about two minutes warm."""
+    return RunConfig(
+        model="zoo:tiny",
+        speed_model="zoo:bench-200m",
+        goal="decode",
+        max_accuracy_drop=2.0,
+        memory_budget=memory_budget,
+        budgets=Budgets(finetune_trials=2, deploy_trials=6, patience=4, wall_clock_s=900),
+        eval_limit=100,
+        n_prompt=256,
+        n_gen=32,
+        repetitions=3,
+    )
 
 
 def _task_files(cfg: RunConfig, model_spec: str) -> tuple[list[Path], list[Path], list[Path]]:
@@ -122,6 +143,8 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
         n_prompt=cfg.n_prompt,
         n_gen=cfg.n_gen,
         repetitions=cfg.repetitions,
+        target_rsd=cfg.measurement.target_rsd,
+        max_repetitions=cfg.measurement.max_repetitions,
         quick_analysis=cfg.quick_analysis,
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
@@ -169,6 +192,10 @@ def _runtime(
         on_event=on_event,
         control=control or RunControl(),
         seed=cfg.seed,
+        # A recorded grid answers with its recorded measurements: there is no drift to watch.
+        measurement=cfg.measurement.model_copy(update={"anchor_every": 0})
+        if cfg.tabular
+        else cfg.measurement,
     )
 
 

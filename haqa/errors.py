@@ -6,6 +6,10 @@ exit code 2 in one place (``haqa.cli.main``), so no command prints a traceback f
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class HaqaError(Exception):
     """A user-fixable problem: bad input, a missing file, an impossible goal."""
@@ -19,3 +23,38 @@ class HaqaError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+#: errno values that mean "no room to write": disk full, quota, a file-size limit (ulimit -f).
+_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: How libraries that wrap the OS error (DuckDB, the C++ side of llama.cpp) word the same thing.
+_NO_ROOM_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
+#: numpy's ``tofile`` (the GGUF writer) reports a short write without its errno.
+_SHORT_WRITE = re.compile(r"\b\d+ requested and \d+ written\b")
+
+
+def no_room_message(exc: BaseException) -> str | None:
+    """A one-line message for an error that means the disk (or a size limit) is full, naming
+    what to do; ``None`` for any other error. Looks through ``__cause__``/``__context__``
+    because a library may re-raise the OS error as its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        number = getattr(current, "errno", None)
+        text = " ".join(str(current).split())
+        if (
+            number in _NO_ROOM_ERRNOS
+            or any(t in text.lower() for t in _NO_ROOM_TEXT)
+            or _SHORT_WRITE.search(text)
+        ):
+            where = getattr(current, "filename", None)
+            reason = os.strerror(number) if number in _NO_ROOM_ERRNOS else text[:200]
+            target = f" writing {where}" if where else ""
+            return (
+                f"no room to write{target} ({reason}): free disk space (or raise the file-size "
+                "limit, or point HAQA_HOME/--db at a larger disk) and run the command again; "
+                "everything recorded before this is kept"
+            )
+        current = current.__cause__ or current.__context__
+    return None

@@ -104,6 +104,72 @@ def _trials_table(trials: list[TrialRecord]) -> list[str]:
     return lines
 
 
+def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
+    """How steady the speed measurements were: each benchmark's spread, the anchor checks, and
+    the trials measured again after a drift."""
+    policy = (run.config or {}).get("measurement") or {}
+    benched = [t for t in trials if t.stage == "deploy" and t.metrics.decode_tps is not None]
+    if not benched:
+        return []
+    rsds = sorted(t.metrics.decode_rsd for t in benched if t.metrics.decode_rsd is not None)
+    lines = ["## Measurement stability", ""]
+    if rsds:
+        target = policy.get("target_rsd")
+        over = [r for r in rsds if target is not None and r > target]
+        lines.append(
+            f"- decode tokens/s spread (stddev ÷ mean) over {len(rsds)} benchmarks: median "
+            f"{100 * rsds[len(rsds) // 2]:.1f}%, max {100 * rsds[-1]:.1f}%"
+            + (
+                f"; target {100 * target:g}% (repeats until met, at most "
+                f"{policy.get('max_repetitions')}), missed by {len(over)}"
+                if target is not None
+                else ""
+            )
+        )
+    anchors = [t for t in trials if t.config.get("role") == "anchor"]
+    if not anchors:
+        lines += ["- anchor checks: none in this run", ""]
+        return lines
+    lines += [
+        "",
+        "| anchor check | of trial | decode t/s | drift | outcome |",
+        "|---|---|---|---|---|",
+    ]
+    for t in anchors:
+        extra = t.metrics.model_extra or {}
+        drift = extra.get("drift")
+        if t.status != "ok":
+            outcome = f"failed: {t.error}"
+        elif extra.get("level_changed"):
+            outcome = "lasting change: new level; marked " + _ids(extra.get("marked"))
+        elif extra.get("drifted"):
+            outcome = "drift: re-tried"
+        elif extra.get("marked"):
+            outcome = "steady again; marked " + _ids(extra.get("marked"))
+        else:
+            outcome = "steady"
+        lines.append(
+            f"| {t.trial_id} | {extra.get('anchor_of', '-')} | {_fmt(t.metrics.decode_tps)} | "
+            f"{'-' if drift is None else format(float(drift), '+.1%')} | {outcome} |"
+        )
+    again = [t for t in trials if "remeasure_of" in t.config]
+    if again:
+        by_id = {t.trial_id: t for t in trials}
+        lines += ["", "Measured again after drift (the new measurement replaces the old):", ""]
+        for t in again:
+            old = by_id.get(int(t.config["remeasure_of"]))
+            before = old.metrics.decode_tps if old else None
+            lines.append(
+                f"- trial {t.config['remeasure_of']} → trial {t.trial_id}: decode "
+                f"{_fmt(before)} → {_fmt(t.metrics.decode_tps)} tok/s"
+            )
+    return [*lines, ""]
+
+
+def _ids(ids: Any) -> str:
+    return ", ".join(str(i) for i in ids or []) or "none"
+
+
 def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
     result: dict[str, Any] = run.result or {}
     brief = (run.hardware or {}).get("brief", {})
@@ -157,6 +223,7 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
     else:
         lines.append(f"No configuration met the goal: {result.get('error', 'run did not finish')}")
     lines += ["", "## Hardware brief", "", str(brief.get("text", "(none)")), ""]
+    lines += _stability(run, trials)
     lines += ["## Trials", "", *_trials_table(trials), ""]
     rejected = [t for t in trials if t.status in ("rejected", "failed")]
     lines += [

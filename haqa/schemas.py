@@ -137,3 +137,30 @@ class TrialMetrics(BaseModel):
     decode_tps: float | None = Field(None, description="generation tokens/s (tg)")
     peak_mem_bytes: int | None = Field(None, description="peak resident memory of the trial")
     artifact_bytes: int | None = Field(None, description="size of the produced artifact")
+    decode_rsd: float | None = Field(None, description="relative stddev of the tg samples")
+    prefill_rsd: float | None = Field(None, description="relative stddev of the pp samples")
+
+
+class MeasurementPolicy(Strict):
+    """How a run keeps its speed measurements honest on a machine that other work shares.
+
+    Each benchmark repeats until the relative standard deviation of its samples is at most
+    ``target_rsd`` (or ``max_repetitions`` runs). Every ``anchor_every`` deploy trials the tuner
+    measures a fixed anchor configuration again (the run's first measured deployment); when its
+    decode speed has moved more than ``drift_threshold`` from its reference level, the trials
+    measured since the last steady anchor are marked and measured again, so configurations are
+    compared under the same machine conditions. The anchor is retried after a pause first: a
+    transient load passes, and the re-measurement then happens on a quiet machine."""
+
+    target_rsd: float | None = Field(
+        0.05, gt=0, lt=1, description="repeat a benchmark until stddev/mean <= this"
+    )
+    max_repetitions: int = Field(10, ge=1, le=1000, description="cap on benchmark repetitions")
+    anchor_every: int = Field(
+        4, ge=0, le=1000, description="re-measure the anchor after this many trials (0: never)"
+    )
+    drift_threshold: float = Field(
+        0.10, gt=0, lt=1, description="anchor speed change that marks trials for re-measurement"
+    )
+    anchor_retries: int = Field(2, ge=0, le=10, description="re-tries of a drifted anchor")
+    anchor_retry_pause_s: float = Field(2.0, ge=0, le=600, description="pause before a re-try")

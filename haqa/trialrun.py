@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from haqa.errors import HaqaError
+from haqa.errors import HaqaError, no_room_message
 from haqa.schemas import TrialMetrics
 from haqa.store import TrialResult, utcnow
 
@@ -34,6 +34,9 @@ def run_as_trial(
     except HaqaError:
         raise
     except Exception as exc:
+        no_room = no_room_message(exc)
+        if no_room:  # the user's to fix, like bad input: one line, exit 2
+            raise HaqaError(no_room) from exc
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return (
             TrialResult(

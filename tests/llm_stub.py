@@ -28,6 +28,12 @@ def text_answer(content: str) -> dict[str, Any]:
     return {"content": content, "tool_calls": []}
 
 
+def http_error(status: int, message: str) -> dict[str, Any]:
+    """A scripted HTTP error in OpenAI's shape; ``{key}`` in the message becomes the bearer token
+    the request carried, as a hosted API's "Incorrect API key provided: sk-..." does."""
+    return {"error": (status, message)}
+
+
 @dataclass
 class StubLLM:
     script: list[dict[str, Any]]
@@ -78,9 +84,17 @@ def serve(script: list[dict[str, Any]]) -> Iterator[StubLLM]:
             with lock:
                 stub.requests.append(body)
                 stub.headers.append(dict(self.headers))
-                answer = _completion(stub.next_answer(), len(stub.requests))
+                scripted = stub.next_answer()
+                status = 200
+                if "error" in scripted:
+                    status, message = scripted["error"]
+                    key = str(self.headers.get("Authorization", "")).removeprefix("Bearer ")
+                    err = {"message": message.replace("{key}", key), "type": "invalid_request"}
+                    answer = {"error": err}
+                else:
+                    answer = _completion(scripted, len(stub.requests))
             data = json.dumps(answer).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

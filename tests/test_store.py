@@ -195,3 +195,69 @@ def test_a_duckdb_file_of_another_program_is_refused(db_path: Path) -> None:
     con.close()
     with pytest.raises(HaqaError, match="not a haqa store"):
         Store(db_path)
+
+
+def test_no_room_errors_are_recognised_through_library_wrappers() -> None:
+    import errno
+
+    from haqa.errors import no_room_message
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/x.gguf")
+    assert "writing /data/x.gguf" in (no_room_message(full) or "")
+    try:
+        try:
+            raise full
+        except OSError as inner:
+            raise RuntimeError("conversion failed") from inner
+    except RuntimeError as wrapped:
+        assert no_room_message(wrapped) is not None  # found through __cause__
+    duck = Exception('IO Error: Could not write file "haqa.duckdb": No space left on device')
+    assert "No space left on device" in (no_room_message(duck) or "")
+    assert no_room_message(OSError("196608 requested and 194400 written")) is not None  # numpy
+    assert no_room_message(ValueError("bad value")) is None
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_a_one_line_error_and_keeps_what_was_stored(
+    tiny_model: Path, db_path: Path
+) -> None:
+    """`haqa export` under a file-size limit smaller than the GGUF it writes (ulimit -f: the
+    kernel answers EFBIG exactly where a full disk answers ENOSPC)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    store = Store(db_path)
+    run = store.create_run(model="zoo:tiny", brain="manual")
+    now = utcnow()
+    store.add_trial(
+        run.run_id,
+        TrialResult(
+            stage="deploy", tool="benchmark_llamacpp", config={"quant_type": "Q4_0"},
+            metrics=TrialMetrics(decode_tps=42.0), started_at=now, finished_at=now,
+        ),
+    )  # fmt: skip
+    store.close()
+    limit = db_path.stat().st_size + (2 << 20)  # room for the store, not for a 6.7 MB GGUF
+    home = db_path.parent / "home"  # a cache without the tiny model's GGUFs: export must write
+    (home / "zoo").mkdir(parents=True)
+    (home / "zoo" / "tiny").symlink_to(tiny_model, target_is_directory=True)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "haqa", "export", "--model", "zoo:tiny", "--db", str(db_path)],
+        env={**os.environ, "HAQA_HOME": str(home)},
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: no room to write"), lines[-3:]
+    assert "Traceback" not in done.stderr
+    kept = Store(db_path)
+    assert [t.metrics.decode_tps for t in kept.list_trials(run.run_id)] == [42.0]

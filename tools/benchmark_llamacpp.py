@@ -5,7 +5,8 @@ the way llama.cpp's ``llama-bench`` measures them (tools/llama-bench/llama-bench
   does the same; without one, ggml creates and joins threads for every graph, which a server does
   not do either);
 * one warm-up run (the whole pp test; one tg token), then ``repetitions`` timed runs, the KV cache
-  cleared before each;
+  cleared before each; with ``target_rsd`` set (haqa's addition, for a noisy machine), further runs
+  until the relative standard deviation of the samples is at most that, or ``max_repetitions``;
 * pp: ``n_prompt`` random token ids (BOS first when the model adds one) decoded in ``n_batch``-sized
   ``llama_decode`` calls, then ``llama_synchronize``; tg: ``n_gen`` single-token decodes, each
   followed by ``llama_synchronize``;
@@ -57,6 +58,12 @@ class Args(BaseModel):
     n_prompt: int = Field(512, ge=0, le=1_048_576, description="prompt tokens of the pp test")
     n_gen: int = Field(128, ge=0, le=1_048_576, description="generated tokens of the tg test")
     repetitions: int = Field(5, ge=1, le=1000, description="timed runs per test")
+    target_rsd: float | None = Field(
+        None, gt=0, lt=1, description="repeat until stddev/mean <= this (None: llama-bench's fixed)"
+    )
+    max_repetitions: int = Field(
+        20, ge=1, le=1000, description="cap on timed runs per test when target_rsd is set"
+    )
     bandwidth_bytes_per_s: float | None = Field(
         None, gt=0, description="measured memory bandwidth, for roofline_efficiency"
     )
@@ -78,6 +85,7 @@ class TestResult(BaseModel):
     stddev_ns: int
     avg_ts: float = Field(description="mean tokens/s over the repetitions")
     stddev_ts: float = Field(description="sample standard deviation of tokens/s")
+    rsd: float = Field(0.0, description="stddev_ts / avg_ts: the relative standard deviation")
     samples_ns: list[int]
     samples_ts: list[float]
 
@@ -99,7 +107,8 @@ class Result(BaseModel):
     n_ctx: int
     n_prompt: int
     n_gen: int
-    repetitions: int
+    repetitions: int = Field(description="timed runs asked for (at least this many were done)")
+    target_rsd: float | None = None
     tests: list[TestResult]
     prefill_tps: float | None = Field(description="avg_ts of the pp test")
     decode_tps: float | None = Field(description="avg_ts of the tg test")
@@ -131,6 +140,24 @@ def stdev(values: list[float]) -> float:
     return math.sqrt(max(0.0, sq / (n - 1) - mean * mean * n / (n - 1)))
 
 
+def rsd(values: list[float]) -> float:
+    """Relative standard deviation (0 for fewer than two values)."""
+    mean = avg(values)
+    return stdev(values) / mean if mean > 0 else 0.0
+
+
+def needs_more(samples_ns: list[int], *, minimum: int, target_rsd: float | None, cap: int) -> bool:
+    """Whether another timed run is due: fewer than ``minimum``, or (with a target) the samples'
+    relative standard deviation above it and fewer than ``cap`` runs so far."""
+    if len(samples_ns) < minimum:
+        return True
+    if target_rsd is None or len(samples_ns) >= cap:
+        return False
+    if len(samples_ns) < 2:
+        return True  # one sample says nothing about the spread
+    return rsd([1.0 / t for t in samples_ns]) > target_rsd
+
+
 def make_test_result(name: str, n_prompt: int, n_gen: int, samples_ns: list[int]) -> TestResult:
     n_tokens = n_prompt + n_gen
     ts = [1e9 * n_tokens / t for t in samples_ns]
@@ -143,6 +170,7 @@ def make_test_result(name: str, n_prompt: int, n_gen: int, samples_ns: list[int]
         stddev_ns=int(stdev(ns)),
         avg_ts=avg(ts),
         stddev_ts=stdev(ts),
+        rsd=rsd(ts),
         samples_ns=samples_ns,
         samples_ts=ts,
     )
@@ -367,7 +395,10 @@ def measure(args: Args) -> dict[str, Any]:
             else:
                 run_tg(ctx, 1)
             samples: list[int] = []
-            for _ in range(args.repetitions):
+            cap = max(args.repetitions, args.max_repetitions)
+            while needs_more(
+                samples, minimum=args.repetitions, target_rsd=args.target_rsd, cap=cap
+            ):
                 clear(ctx)
                 t0 = time.perf_counter_ns()
                 if kind == "pp":
@@ -446,6 +477,7 @@ def benchmark_llamacpp(args: Args) -> Result:
         n_prompt=args.n_prompt,
         n_gen=args.n_gen,
         repetitions=args.repetitions,
+        target_rsd=args.target_rsd,
         tests=tests,
         prefill_tps=pp,
         decode_tps=tg,

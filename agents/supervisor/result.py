@@ -142,7 +142,7 @@ def build_result(rt: RunRuntime) -> RunResult:
         return result.model_copy(update={"error": why})
     best_view = max(feasible, key=lambda v: v.objective or 0.0)
     best = next(t for t in deploy_trials if t.trial_id == best_view.trial_id)
-    cfg = DeployConfig.model_validate(best.config)
+    cfg = DeployConfig.model_validate(best_view.config)
 
     baselines = []
     defaults = llama_defaults(brief)

@@ -14,6 +14,7 @@ from haqa.agents.common import (
 )
 from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
+from haqa.agents.tuner.anchor import measurement_step
 from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import DeployConfig
 from haqa.units import format_bytes
@@ -76,6 +77,10 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     )
     ensure_system_prompt(rt, AGENT, static)
     reference = reference_accuracy(rt, adapter)
+    # Anchor checks and re-measurements come before the next trial (and before the stage ends,
+    # so the answer is never taken from trials measured during a drift).
+    if not rt.control.stop.is_set() and measurement_step(rt, adapter):
+        return {}
     views = rt.views(STAGE, reference)
     best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
     roofline = None

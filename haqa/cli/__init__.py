@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from haqa.errors import HaqaError
+from haqa.errors import HaqaError, no_room_message
 
 app = typer.Typer(
     name="haqa",
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a command's ``typer.Exit`` code instead of
+        # exiting with it.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except HaqaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         show()
         return int(getattr(exc, "exit_code", 2) or 2)
+    except Exception as exc:
+        # A full disk is the user's to fix, not a bug: one line, exit 2. Anything else is a
+        # bug and keeps its traceback.
+        message = no_room_message(exc)
+        if message is None:
+            raise
+        print(f"error: {HaqaError(message)}", file=sys.stderr)
+        return 2
     return 0
 
 

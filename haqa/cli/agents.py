@@ -34,20 +34,31 @@ def print_message(m: MessageRecord, *, verbose: bool = False) -> None:
 
 
 def _run_config(
-    config: Path | None, overrides: dict[str, Any], budget_overrides: dict[str, Any]
+    config: Path | None,
+    overrides: dict[str, Any],
+    budget_overrides: dict[str, Any],
+    measurement_overrides: dict[str, Any] | None = None,
 ) -> Any:
     from haqa.config import build, read_toml
     from haqa.graph.routing import Budgets
     from haqa.graph.run import RunConfig
+    from haqa.schemas import MeasurementPolicy
 
     file_layer = read_toml(config) if config else {}
     file_budgets = dict(file_layer.pop("budgets", {}) or {})
     budgets = build(Budgets, file_budgets, budget_overrides, source="budgets")
+    file_measurement = dict(file_layer.pop("measurement", {}) or {})
+    measurement = build(
+        MeasurementPolicy,
+        file_measurement,
+        {k: v for k, v in (measurement_overrides or {}).items() if v is not None},
+        source="measurement",
+    )
     return build(
         RunConfig,
         file_layer,
         {k: v for k, v in overrides.items() if v is not None},
-        {"budgets": budgets},
+        {"budgets": budgets, "measurement": measurement},
         source=str(config) if config else "run config",
     )
 
@@ -145,6 +156,16 @@ def run_command(
     n_prompt: Annotated[int | None, typer.Option("--n-prompt")] = None,
     n_gen: Annotated[int | None, typer.Option("--n-gen")] = None,
     repetitions: Annotated[int | None, typer.Option("--repetitions")] = None,
+    target_rsd: Annotated[
+        float | None,
+        typer.Option("--target-rsd", help="repeat each benchmark until stddev/mean <= this"),
+    ] = None,
+    anchor_every: Annotated[
+        int | None,
+        typer.Option(
+            "--anchor-every", help="re-measure the first deployment after this many trials (0: off)"
+        ),
+    ] = None,
     llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model")] = None,
     llm_gguf: Annotated[str | None, typer.Option("--llm-gguf")] = None,
@@ -197,6 +218,7 @@ def run_command(
             "seed": seed,
         },
         {k: v for k, v in budgets.items() if v is not None},
+        {"target_rsd": target_rsd, "anchor_every": anchor_every},
     )
     if finetune_steps is not None:
         cfg = cfg.model_copy(
@@ -254,21 +276,9 @@ def demo_command(
     and on the 200M speed model (tokens/s at a realistic shape), within the memory budget.
     Builds both zoo models first if they are not in the cache yet.
     """
-    from haqa.graph.routing import Budgets
-    from haqa.graph.run import RunConfig, start_run
+    from haqa.graph.run import demo_config, start_run
 
-    cfg = RunConfig(
-        model="zoo:tiny",
-        speed_model="zoo:bench-200m",
-        goal="decode",
-        max_accuracy_drop=2.0,
-        memory_budget=memory_budget,
-        budgets=Budgets(finetune_trials=2, deploy_trials=6, patience=4, wall_clock_s=900),
-        eval_limit=100,
-        n_prompt=256,
-        n_gen=32,
-        repetitions=3,
-    )
+    cfg = demo_config(memory_budget)
     cfg.parsed_goal()
     store = open_store(db)
     console.print("[bold]haqa demo[/]: zoo:tiny fine-tuned, deployment tuned on zoo:bench-200m")

@@ -199,7 +199,7 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
             print(json.dumps(r))
         return
     cols = ["quant", "size", "threads", "n_batch", "n_ubatch", "fa", "type_k", "type_v", "test"]
-    cols += ["t/s", "stddev", "peak_rss_mb"]
+    cols += ["t/s", "stddev", "rsd", "reps", "peak_rss_mb"]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -232,6 +232,8 @@ def _flat(r: dict[str, Any], t: dict[str, Any]) -> dict[str, Any]:
         "test": t["test"],
         "t/s": f"{t['avg_ts']:.2f}",
         "stddev": f"{t['stddev_ts']:.2f}",
+        "rsd": f"{100 * t.get('rsd', 0.0):.1f}%",
+        "reps": len(t["samples_ts"]),
         "peak_rss_mb": f"{r['peak_rss_bytes'] / 2**20:.0f}",
     }
 
@@ -254,6 +256,16 @@ def bench_command(
     n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", min=0, max=65536)] = 512,
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", min=0, max=65536)] = 128,
     repetitions: Annotated[int, typer.Option("-r", "--repetitions", min=1, max=1000)] = 5,
+    target_rsd: Annotated[
+        float | None,
+        typer.Option(
+            "--target-rsd",
+            help="repeat until stddev/mean <= this, e.g. 0.03 (default: exactly -r runs)",
+        ),
+    ] = None,
+    max_reps: Annotated[
+        int, typer.Option("--max-reps", min=1, max=1000, help="cap on runs with --target-rsd")
+    ] = 20,
     n_ctx: Annotated[
         int | None, typer.Option("-c", "--ctx-size", help="default: n_prompt + n_gen")
     ] = None,
@@ -277,6 +289,8 @@ def bench_command(
         raise HaqaError("--n-prompt and --n-gen are both 0: nothing to measure")
     if bandwidth_gbs is not None and bandwidth_gbs <= 0:
         raise HaqaError("--bandwidth-gbs must be positive")
+    if target_rsd is not None and not 0 < target_rsd < 1:
+        raise HaqaError(f"--target-rsd {target_rsd} must be between 0 and 1, e.g. 0.03")
     ctx = n_ctx if n_ctx is not None else max(n_prompt + n_gen, 16)
     qtypes = [check_quant_type(q) for q in _split(quant, "--quant")] if quant else []
     grid = _settings_grid(threads, batch, ubatch, fa, ctk, ctv, ctx, mmap)
@@ -301,10 +315,14 @@ def bench_command(
                 n_prompt=n_prompt,
                 n_gen=n_gen,
                 repetitions=repetitions,
+                target_rsd=target_rsd,
+                max_repetitions=max_reps,
                 bandwidth_bytes_per_s=bandwidth,
             )
             config = {"model": spec, "gguf": str(path), "quant_type": label, **rt.model_dump()}
             config |= {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions}
+            if target_rsd is not None:
+                config |= {"target_rsd": target_rsd, "max_repetitions": max_reps}
             err_console.print(
                 f"[{i}/{len(combos)}] {label} t={rt.n_threads} b={rt.n_batch} "
                 f"ub={rt.n_ubatch} fa={int(rt.flash_attn)} ctk={rt.type_k} ctv={rt.type_v}"

@@ -1,0 +1,206 @@
+"""Honest speed on a noisy machine: an anchor configuration measured again every few trials.
+
+The anchor is the run's first measured deployment. Every ``anchor_every`` deploy trials the
+tuner measures it again and compares its decode tokens/s with its reference level (its first
+measurement, or the level the run settled on after a lasting change). A change beyond
+``drift_threshold`` means the machine's speed moved (another job, thermal limits, a noisy
+neighbour), so the trials measured since the last steady anchor cannot be compared with the
+rest. The anchor is re-tried after a pause; once it is steady again, or once the re-tries run out
+and the new level is taken as the machine's, the affected trials are marked and each is measured
+again; the re-measurement replaces it in the search (``remeasure_of``).
+
+Everything is read from the store: an anchor trial records its drift and the trials it marked,
+so a run killed between the anchor and the re-measurements resumes with them still due.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from pydantic import BaseModel
+
+from haqa.agents.common import run_trial
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime, search_config, superseded
+from haqa.schemas import DeployConfig, TrialMetrics
+from haqa.store import TrialRecord
+
+AGENT = "tuner"
+STAGE: Final = "deploy"
+
+
+class AnchorState(BaseModel):
+    """What the store says about the anchor now."""
+
+    anchor: TrialRecord | None = None  # the first measured deployment
+    level: float | None = None  # decode tok/s the anchor shows on a steady machine
+    since_anchor: int = 0  # search trials measured since the last anchor measurement
+    last_drifted: bool = False  # the latest anchor measurement was off its level
+    retries: int = 0  # drifted anchor measurements in a row
+    steady_after: int = 0  # trial id of the last steady anchor (0: none yet)
+    pending: list[int] = []  # marked trials not yet measured again
+
+
+def _extra(t: TrialRecord) -> dict[str, object]:
+    return dict(t.metrics.model_extra or {})
+
+
+def _is_anchor(t: TrialRecord) -> bool:
+    return t.config.get("role") == "anchor" and t.status == "ok"
+
+
+def _is_search(t: TrialRecord) -> bool:
+    return "role" not in t.config and "remeasure_of" not in t.config and t.status == "ok"
+
+
+def anchor_state(rt: RunRuntime) -> AnchorState:
+    trials = rt.trials(STAGE)
+    first = next((t for t in trials if _is_search(t) and t.metrics.decode_tps), None)
+    if first is None:
+        return AnchorState()
+    state = AnchorState(anchor=first, level=first.metrics.decode_tps)
+    marked: list[int] = []
+    for t in trials:
+        if t.config.get("role") == "anchor" and t.status != "ok":
+            state.since_anchor, state.last_drifted = 0, False  # a failed check is not re-tried
+        elif _is_anchor(t):
+            extra = _extra(t)
+            state.since_anchor = 0
+            state.last_drifted = bool(extra.get("drifted"))
+            state.retries = state.retries + 1 if state.last_drifted else 0
+            if not state.last_drifted:
+                state.steady_after = t.trial_id
+            if extra.get("level"):
+                state.level = float(extra["level"])  # type: ignore[arg-type]
+            marked = [int(i) for i in extra.get("marked") or []]  # type: ignore[attr-defined]
+        elif _is_search(t) and t.trial_id > first.trial_id:
+            state.since_anchor += 1
+    done = {int(t.config["remeasure_of"]) for t in trials if "remeasure_of" in t.config}
+    state.pending = [i for i in marked if i not in done]
+    return state
+
+
+def measurement_step(rt: RunRuntime, adapter: str | None) -> bool:
+    """Run the measurement work that is due (re-measurements first, then the anchor); True when
+    something ran, so the tuner starts no new trial in this step."""
+    policy = rt.measurement
+    if not policy.anchor_every:
+        return False
+    state = anchor_state(rt)
+    if state.anchor is None or not state.level:
+        return False
+    if state.pending:
+        _remeasure(rt, state.pending, adapter)
+        return True
+    if state.since_anchor >= policy.anchor_every or state.last_drifted:
+        _measure_anchor(rt, state, adapter)
+        return True
+    return False
+
+
+def _affected(rt: RunRuntime, state: AnchorState, *, level_changed: bool) -> list[int]:
+    """The trials to measure again. After a passing drift: those measured since the last steady
+    anchor (the anchor's own first measurement, the reference, excepted). After a lasting change
+    of level: every measured trial, since all were measured at the old level."""
+    trials = rt.trials(STAGE)
+    replaced = superseded(trials)
+    anchor_id = state.anchor.trial_id if state.anchor else -1
+    after = 0 if level_changed else state.steady_after
+    return [
+        t.trial_id
+        for t in trials
+        if t.trial_id > after
+        and "role" not in t.config
+        and t.status == "ok"
+        and t.trial_id not in replaced
+        and (level_changed or t.trial_id != anchor_id or after > 0)
+    ]
+
+
+def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> None:
+    policy = rt.measurement
+    assert state.anchor is not None and state.level is not None
+    if state.last_drifted and policy.anchor_retry_pause_s:
+        time.sleep(policy.anchor_retry_pause_s)  # let a passing load pass
+    anchor_id, level = state.anchor.trial_id, state.level
+    config = search_config(state.anchor.config)
+    deploy = DeployConfig.model_validate(config)
+    seq = sum(1 for t in rt.trials(STAGE) if t.config.get("role") == "anchor") + 1
+
+    def work() -> TrialMetrics:
+        m = rt.toolbox.deploy(deploy, adapter)
+        tps = m.decode_tps or 0.0
+        drift = tps / level - 1.0
+        drifted = abs(drift) > policy.drift_threshold
+        extra: dict[str, object] = {"anchor_of": anchor_id, "drift": drift, "drifted": drifted}
+        if drifted and state.retries >= policy.anchor_retries:
+            # The re-tries ran out: the machine's speed changed for good. The new level is the
+            # machine's now, and the affected trials are measured again at it.
+            extra |= {"drifted": False, "level": tps, "level_changed": True}
+        if extra.get("level_changed") or (not drifted and state.retries):
+            extra["marked"] = _affected(rt, state, level_changed=bool(extra.get("level_changed")))
+        return TrialMetrics(**{**m.model_dump(), **extra})
+
+    trial = run_trial(
+        rt,
+        agent=AGENT,
+        stage=STAGE,
+        tool="anchor",
+        config={"role": "anchor", "anchor_seq": seq, **config},
+        work=work,
+    )
+    extra = _extra(trial)
+    head = (
+        f"anchor check (trial {anchor_id} measured again as trial {trial.trial_id}): decode "
+        f"{trial.metrics.decode_tps or 0:.1f} tok/s, {float(extra.get('drift') or 0):+.1%} "  # type: ignore[arg-type]
+        f"from its level {level:.1f}"
+    )
+    if trial.status != "ok":
+        rt.say(AGENT, ROLE_OBSERVATION, f"{head}: the anchor failed ({trial.error})")
+    elif extra.get("drifted"):
+        rt.say(
+            AGENT,
+            ROLE_OBSERVATION,
+            f"{head}: drift beyond {policy.drift_threshold:.0%}, the machine's speed moved; "
+            f"the anchor is re-tried after {policy.anchor_retry_pause_s:g} s",
+        )
+    elif extra.get("marked"):
+        marked = ", ".join(str(i) for i in extra["marked"])  # type: ignore[attr-defined]
+        why = (
+            "the speed level changed for good and is taken as the machine's new level"
+            if extra.get("level_changed")
+            else "steady again"
+        )
+        rt.mark(
+            "drift",
+            f"measurement drift: {why}; trials {marked} measured during the drift are marked "
+            "for re-measurement",
+            anchor_trial=trial.trial_id,
+            marked=extra["marked"],
+            drift=extra.get("drift"),
+        )
+    else:
+        rt.say(AGENT, ROLE_OBSERVATION, f"{head}: steady")
+
+
+def _remeasure(rt: RunRuntime, trial_ids: list[int], adapter: str | None) -> None:
+    by_id = {t.trial_id: t for t in rt.trials(STAGE)}
+    for tid in trial_ids:
+        old = by_id[tid]
+        config = search_config(old.config)
+        deploy = DeployConfig.model_validate(config)
+        new = run_trial(
+            rt,
+            agent=AGENT,
+            stage=STAGE,
+            tool="deploy_trial",
+            config={**config, "remeasure_of": tid},
+            work=lambda d=deploy: rt.toolbox.deploy(d, adapter),  # type: ignore[misc]
+        )
+        before, after = old.metrics.decode_tps or 0.0, new.metrics.decode_tps or 0.0
+        rt.say(
+            AGENT,
+            ROLE_OBSERVATION,
+            f"trial {tid} measured again as trial {new.trial_id} ({new.status}): decode "
+            f"{before:.1f} -> {after:.1f} tok/s; the new measurement replaces it",
+        )

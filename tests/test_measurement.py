@@ -1,0 +1,135 @@
+"""Honest measurements on a noisy machine: benchmarks repeat until steady, and an anchor
+configuration measured again every few trials catches drift.
+
+The noise here is real: a "noisy neighbour" toolbox starts a busy process while chosen
+benchmarks run, so the slowdown the anchor sees is measured, not
+invented. Nothing about the measurements is faked; only when the neighbour runs is scripted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests_support import small_run_config
+
+from haqa.agents.runtime import superseded
+from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
+from haqa.graph.routing import Budgets
+from haqa.graph.run import prepare, start_run
+from haqa.report import write_report
+from haqa.schemas import DeployConfig, MeasurementPolicy, TrialMetrics
+from haqa.store import Store
+from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp, needs_more
+from haqa.tools.export_gguf import Args as ExportArgs
+from haqa.tools.export_gguf import export_gguf
+
+
+def test_a_target_rsd_repeats_until_steady_or_the_cap() -> None:
+    steady = [1_000_000, 1_000_100, 999_900]
+    jumpy = [1_000_000, 2_000_000, 1_000_000]
+    assert needs_more(steady[:2], minimum=3, target_rsd=None, cap=10)  # below the minimum
+    assert not needs_more(steady, minimum=3, target_rsd=None, cap=10)  # llama-bench: fixed
+    assert not needs_more(steady, minimum=3, target_rsd=0.05, cap=10)
+    assert needs_more(jumpy, minimum=3, target_rsd=0.05, cap=10)
+    assert not needs_more(jumpy, minimum=3, target_rsd=0.05, cap=3)  # the cap wins
+    assert needs_more(steady[:1], minimum=1, target_rsd=0.05, cap=10)  # one sample: no spread
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_more_repetitions_for_a_tight_target(tiny_model: Path) -> None:
+    gguf = export_gguf(ExportArgs(model=tiny_model, quant_type="Q8_0")).gguf_path
+    base = {"model": gguf, "n_prompt": 16, "n_gen": 8, "repetitions": 2}
+    loose = benchmark_llamacpp(Args(**base, target_rsd=0.99, max_repetitions=6))
+    # No real timing is steady to a millionth: every test runs to the cap.
+    tight = benchmark_llamacpp(Args(**base, target_rsd=1e-6, max_repetitions=6))
+    assert [len(t.samples_ns) for t in loose.tests] == [2, 2]
+    assert [len(t.samples_ns) for t in tight.tests] == [6, 6]
+    for t in tight.tests:
+        assert t.rsd == pytest.approx(t.stddev_ts / t.avg_ts)
+
+
+class NoisyNeighbourToolbox(LiveToolbox):
+    """The live tools, with CPU-bound neighbours running during the deploy calls numbered in
+    ``noisy_calls`` (1-based, in call order): real contention, as another job would cause."""
+
+    def __init__(self, settings: ToolboxSettings, noisy_calls: set[int]) -> None:
+        super().__init__(settings)
+        self.noisy_calls = noisy_calls
+        self.calls = 0
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        self.calls += 1
+        if self.calls not in self.noisy_calls:
+            return super().deploy(config, adapter)
+        # Quantize and evaluate first (cached for the real call): only the benchmark runs
+        # beside the neighbour, as when a job starts on a shared machine mid-measurement.
+        self._speed_gguf(adapter, config.quant_type)
+        self._deployed_accuracy(adapter, config.quant_type)
+        spin = [sys.executable, "-c", "while True: pass"]
+        hogs = [subprocess.Popen(spin)]  # one busy core of two: a thread of the benchmark waits
+        try:
+            return super().deploy(config, adapter)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+
+
+@pytest.mark.slow
+def test_drift_marks_the_trials_measured_under_it_and_measures_them_again(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    cfg = small_run_config(
+        speed_model="zoo:bench-200m",  # ~10 ms a token: steadier than the tiny model
+        budgets=Budgets(finetune_trials=0, deploy_trials=3, patience=5),
+        n_prompt=16,
+        n_gen=32,
+        repetitions=3,
+        isolate_trials=False,
+        # This machine's decode speed moves ~15% between runs of the same benchmark on a quiet
+        # machine (a VM); the neighbour costs ~90%. A 20% threshold tells the two apart.
+        measurement=MeasurementPolicy(
+            anchor_every=2, drift_threshold=0.2, anchor_retry_pause_s=1.0, max_repetitions=3
+        ),
+    )
+    _, settings, _ = prepare(cfg)
+    # Deploy calls: 1-3 the three search trials, 4 the anchor check after two of them. The
+    # neighbour runs during the third trial and the anchor check, then leaves.
+    box = NoisyNeighbourToolbox(settings, noisy_calls={3, 4})
+    store = Store(tmp_path / "haqa.duckdb")
+    run_id, result = start_run(store, cfg, toolbox=box)
+    assert result is not None and result.found
+
+    trials = store.list_trials(run_id)
+    search = [t for t in trials if t.stage == "deploy" and "role" not in t.config]
+    _, second, third = search[:3]
+    anchors = [t for t in trials if t.config.get("role") == "anchor"]
+    # The check under the neighbour drifts; re-tries follow until one is steady (at most 2).
+    assert 2 <= len(anchors) <= 3
+    checks = [a.metrics.model_extra or {} for a in anchors]
+    assert checks[0]["drifted"] is True and float(checks[0]["drift"]) < -0.2
+    assert all(c["drifted"] is True for c in checks[:-1])
+    assert checks[-1]["drifted"] is False and not checks[-1].get("level_changed")
+    assert checks[-1]["marked"] == [second.trial_id, third.trial_id]  # the anchor's own: level
+
+    again = {int(t.config["remeasure_of"]): t for t in trials if "remeasure_of" in t.config}
+    assert sorted(again) == [second.trial_id, third.trial_id]
+    assert superseded(trials) == {second.trial_id, third.trial_id}
+    slowed, remeasured = third.metrics.decode_tps or 0, again[third.trial_id].metrics.decode_tps
+    assert remeasured is not None and remeasured > 1.10 * slowed
+    # The answer is chosen from measurements taken on a steady machine.
+    assert result.best_trial_id not in (second.trial_id, third.trial_id)
+
+    # Every benchmark stored its spread.
+    benched = [t for t in trials if t.stage == "deploy" and t.metrics.decode_tps is not None]
+    assert all(t.metrics.decode_rsd is not None for t in benched)
+
+    marks = [m for m in store.list_messages(run_id) if (m.tool_args or {}).get("mark") == "drift"]
+    assert len(marks) == 1 and "marked for re-measurement" in marks[0].content
+    report = write_report(store, run_id, tmp_path / "report").read_text()
+    assert "## Measurement stability" in report
+    assert "drift: re-tried" in report and "steady again; marked" in report
+    assert f"trial {third.trial_id} → trial {again[third.trial_id].trial_id}" in report
