@@ -157,7 +157,7 @@ class RunRuntime:
         # A trial measured again after drift is replaced by its re-measurement.
         replaced = superseded(trials)
         for t in trials:
-            if t.config.get("role") in ("baseline", "reference", "base", "anchor", "test"):
+            if t.config.get("role") in ("baseline", "reference", "base", "anchor", "test", "final"):
                 continue
             if t.trial_id in replaced:
                 continue

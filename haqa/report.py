@@ -196,12 +196,13 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
             f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
             f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
             f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
-            f"{_fmt(result.get('decode_tps'))} tok/s, peak memory "
-            f"{format_bytes(result.get('peak_mem_bytes'))}",
+            f"{_fmt(result.get('decode_tps'))} tok/s (measured before and after the baselines, "
+            f"trials {_ids(result.get('final_trial_ids'))}; {_fmt(result.get('search_decode_tps'))}"
+            f" during the search), peak memory {format_bytes(result.get('peak_mem_bytes'))}",
             f"- roofline efficiency (decode bytes/s ÷ measured bandwidth): "
             f"{_fmt(result.get('roofline_efficiency'), '.2f')}",
             "",
-            "Speedup vs llama.cpp defaults on the same model:",
+            "Speedup vs llama.cpp defaults on the same model (measured side by side):",
             "",
             "| baseline | decode | prefill |",
             "|---|---|---|",

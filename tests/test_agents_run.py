@@ -59,7 +59,15 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
     assert stages.count("finetune") == 1 and 1 <= stages.count("deploy") <= 3
     # The answer is a measured, feasible trial of this run, and the decisions are in the trace.
     best = next(t for t in trials if t.trial_id == result.best_trial_id)
-    assert best.status == "ok" and best.metrics.decode_tps == result.decode_tps
+    assert best.status == "ok" and best.metrics.decode_tps == result.search_decode_tps
+    # ... measured again before and after the baselines; the answer's speed is their mean.
+    finals = [t for t in trials if t.config.get("role") == "final"]
+    assert [t.trial_id for t in finals] == result.final_trial_ids and len(finals) == 2
+    assert all(t.config["quant_type"] == best.config["quant_type"] for t in finals)
+    assert finals[0].trial_id < min(
+        t.trial_id for t in trials if t.config.get("role") == "baseline"
+    )
+    assert result.decode_tps == pytest.approx(sum(t.metrics.decode_tps or 0 for t in finals) / 2)
     decisions = [m for m in store.list_messages(run_id) if m.role == "decision"]
     assert len(decisions) >= len(stages)
     assert all(m.content for m in store.list_messages(run_id))
@@ -68,7 +76,7 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
     assert sorted(t.config["quant_type"] for t in baselines) == ["F16", "Q4_K_M"]
     f16 = next(b for b in baselines if b.config["quant_type"] == "F16")
     assert result.speedup_decode["F16"] == pytest.approx(
-        best.metrics.decode_tps / f16.metrics.decode_tps  # type: ignore[operator]
+        result.decode_tps / f16.metrics.decode_tps  # type: ignore[operator]
     )
     assert result.llama_server_cmd and "-m" in result.llama_server_cmd
     assert "policy" in " ".join(m.content for m in store.list_messages(run_id))

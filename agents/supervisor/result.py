@@ -11,6 +11,7 @@ from haqa.agents.common import run_trial
 from haqa.agents.runtime import ROLE_INVALID, RunRuntime
 from haqa.agents.supervisor.gate import admit
 from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
+from haqa.store import TrialRecord
 
 #: The quant types llama.cpp users deploy without tuning: the speedup is reported against both.
 BASELINE_TYPES = ("F16", "Q4_K_M")
@@ -38,7 +39,11 @@ class RunResult(BaseModel):
     accuracy_validation: float | None = None
     accuracy_test: float | None = None
     prefill_tps: float | None = None
-    decode_tps: float | None = None
+    decode_tps: float | None = Field(
+        None, description="mean of the chosen config's two measurements around the baselines"
+    )
+    search_decode_tps: float | None = Field(None, description="its figure during the search")
+    final_trial_ids: list[int] = Field(default_factory=list)
     peak_mem_bytes: int | None = None
     roofline_efficiency: float | None = None
     objective: float | None = None
@@ -103,6 +108,11 @@ def commands(gguf: str, cfg: DeployConfig) -> tuple[str, str]:
     return shlex.join(["llama-server", *args]), shlex.join(["llama-cli", *args])
 
 
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v]
+    return sum(known) / len(known) if known else None
+
+
 def build_result(rt: RunRuntime) -> RunResult:
     brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
     ft = rt.last_mark_payload("finetune_done") or {}
@@ -144,6 +154,21 @@ def build_result(rt: RunRuntime) -> RunResult:
     best = next(t for t in deploy_trials if t.trial_id == best_view.trial_id)
     cfg = DeployConfig.model_validate(best_view.config)
 
+    # The chosen configuration is measured again around the baselines (chosen, baselines,
+    # chosen): speedups are ratios taken side by side, and the mean of the two bracketing
+    # measurements cancels a drift that is linear over the few seconds between them. The search
+    # trial's figure was taken earlier, under whatever load the machine had then.
+    def measure_chosen(round_no: int) -> TrialRecord:
+        return run_trial(
+            rt,
+            agent="supervisor",
+            stage="deploy",
+            tool="benchmark_llamacpp",
+            config={"role": "final", "round": round_no, **cfg.model_dump(mode="json")},
+            work=lambda: rt.toolbox.deploy(cfg, adapter),
+        )
+
+    before = measure_chosen(1)
     baselines = []
     defaults = llama_defaults(brief)
     for quant in BASELINE_TYPES:
@@ -168,6 +193,11 @@ def build_result(rt: RunRuntime) -> RunResult:
                 decode_tps=trial.metrics.decode_tps,
             )
         )
+    after = measure_chosen(2)
+    finals = [t.metrics for t in (before, after) if t.status == "ok" and t.metrics.decode_tps]
+    m = best.metrics
+    decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
+    prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
     test_trial = run_trial(
         rt,
         agent="supervisor",
@@ -176,7 +206,6 @@ def build_result(rt: RunRuntime) -> RunResult:
         config={"role": "test", "quant_type": cfg.quant_type, "adapter": adapter},
         work=lambda: TrialMetrics(accuracy=rt.toolbox.final_test(cfg, adapter)),
     )
-    m = best.metrics
     gguf = str(getattr(m, "gguf", "") or f"model-{cfg.quant_type}.gguf")
     server, cli = commands(gguf, cfg)
     return result.model_copy(
@@ -187,21 +216,21 @@ def build_result(rt: RunRuntime) -> RunResult:
             "gguf_path": gguf,
             "accuracy_validation": m.accuracy,
             "accuracy_test": test_trial.metrics.accuracy,
-            "prefill_tps": m.prefill_tps,
-            "decode_tps": m.decode_tps,
+            "prefill_tps": prefill,
+            "decode_tps": decode,
+            "search_decode_tps": m.decode_tps,
+            "final_trial_ids": [before.trial_id, after.trial_id],
             "peak_mem_bytes": m.peak_mem_bytes,
             "roofline_efficiency": getattr(m, "roofline_efficiency", None),
             "objective": best_view.objective,
             "baselines": baselines,
             "speedup_decode": {
-                b.quant_type: m.decode_tps / b.decode_tps
-                for b in baselines
-                if m.decode_tps and b.decode_tps
+                b.quant_type: decode / b.decode_tps for b in baselines if decode and b.decode_tps
             },
             "speedup_prefill": {
-                b.quant_type: m.prefill_tps / b.prefill_tps
+                b.quant_type: prefill / b.prefill_tps
                 for b in baselines
-                if m.prefill_tps and b.prefill_tps
+                if prefill and b.prefill_tps
             },
             "llama_server_cmd": server,
             "llama_cli_cmd": cli,
