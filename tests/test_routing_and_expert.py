@@ -150,3 +150,24 @@ def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None
     )
     second = brain.propose(_ctx([done], stage="finetune"))
     assert second.config["learning_rate"] == first.config["learning_rate"] * 3
+
+
+def test_expert_bisects_between_a_type_that_kept_the_floor_and_one_that_missed_it() -> None:
+    """Q4_K_M kept the floor and Q2_K missed it: Q3_K_M, between them and predicted faster than
+    Q4_K_M, is measured before the runtime settings are refined."""
+    brain = ExpertBrain()
+    defaults = _ctx([]).defaults
+    kept = view(1, 50.0, **{**defaults, "quant_type": "Q4_K_M"})
+    missed = TrialView(
+        trial_id=2,
+        stage="deploy",
+        config={**defaults, "quant_type": "Q2_K"},
+        status="ok",
+        accuracy=0.1,
+        objective=80.0,
+        feasible=False,
+    )
+    also = [view(3 + i, 40.0, **{**defaults, "quant_type": q}) for i, q in enumerate(("Q4_0",))]
+    p = brain.propose(_ctx([kept, missed, *also]))
+    assert p.config["quant_type"] == "Q3_K_M", p.thought
+    assert "between" in p.thought

@@ -155,33 +155,36 @@ class ExpertBrain:
 
         # Measured headroom: if the most aggressive type measured so far still met the accuracy
         # floor, a faster, more aggressive type may too — the prior gives way to the evidence.
+        # When a bolder type already missed the floor, the types between the two are tried
+        # (a bisection on bits): the floor lies somewhere between them.
         measured_ok = [t for t in ctx.history if t.status == "ok" and t.accuracy is not None]
-        if measured_ok and not failed_accuracy:
-            boldest = min(
-                measured_ok, key=lambda t: QUANT_BITS.get(str(t.config["quant_type"]), 16)
-            )
-            bold_bits = QUANT_BITS.get(str(boldest.config["quant_type"]), 16)
-            if boldest.feasible:
-                for quant in ranked:
-                    bits = QUANT_BITS.get(quant, 16)
-                    candidate = {**ctx.defaults, "quant_type": quant}
-                    if (
-                        quant in measured_types
-                        or bits >= bold_bits
-                        or canonical(candidate) in tried
-                    ):
-                        continue
-                    bold_name = str(boldest.config["quant_type"])
-                    if speed_order.index(quant) > speed_order.index(bold_name):
-                        continue  # not predicted faster: nothing to gain for the risk
-                    return Proposal(
-                        action="trial",
-                        config=candidate,
-                        thought=(
-                            f"policy: {boldest.config['quant_type']} kept the accuracy floor, so "
-                            f"the faster {quant} ({bits:g} bits) may too"
-                        ),
-                    )
+        kept_floor = [t for t in measured_ok if t.feasible]
+        if kept_floor:
+            boldest = min(kept_floor, key=lambda t: QUANT_BITS.get(str(t.config["quant_type"]), 16))
+            bold_name = str(boldest.config["quant_type"])
+            bold_bits = QUANT_BITS.get(bold_name, 16)
+            for quant in ranked:
+                bits = QUANT_BITS.get(quant, 16)
+                candidate = {**ctx.defaults, "quant_type": quant}
+                if (
+                    quant in measured_types
+                    or not floor_bits < bits < bold_bits
+                    or canonical(candidate) in tried
+                ):
+                    continue
+                if speed_order.index(quant) > speed_order.index(bold_name):
+                    continue  # not predicted faster: nothing to gain for the risk
+                why = (
+                    f"between {bold_name}, which kept the accuracy floor, and a "
+                    f"{floor_bits:g}-bit type that missed it"
+                    if failed_accuracy
+                    else f"{bold_name} kept the accuracy floor, so the faster {quant} may too"
+                )
+                return Proposal(
+                    action="trial",
+                    config=candidate,
+                    thought=f"policy: {quant} ({bits:g} bits): {why}",
+                )
 
         best = ctx.incumbent()
         if best is None:
@@ -207,13 +210,15 @@ class ExpertBrain:
     def _runtime_moves(best: TrialView, ctx: DecisionContext) -> list[tuple[dict[str, Any], str]]:
         cfg = best.config
         threads = [int(c) for c in (ctx.space.knob("n_threads").choices or ())]
-        moves: list[tuple[dict[str, Any], str]] = []
+        # The fused attention first: on CPUs it wins for some types and loses for others, so
+        # only measuring tells. Fewer decode threads than the defaults come after it: they pay
+        # only where bandwidth is saturated, which a small machine's cores rarely are.
+        moves: list[tuple[dict[str, Any], str]] = [
+            ({"flash_attn": not cfg.get("flash_attn", False)}, "toggle the fused attention")
+        ]
         for t in sorted(threads, reverse=True):
             if t != cfg.get("n_threads"):
                 moves.append(({"n_threads": t}, f"decode threads {t}: bandwidth may saturate"))
-        moves.append(
-            ({"flash_attn": not cfg.get("flash_attn", False)}, "toggle the fused attention")
-        )
         if ctx.goal.metric != "decode":
             for ub in (256, 128):
                 if ub != cfg.get("n_ubatch"):
