@@ -120,6 +120,9 @@ def record_grid(
 class TabularToolbox:
     """Answers deploy trials from a recorded grid (no model is loaded, nothing is measured)."""
 
+    #: Answers from recorded measurements: nothing is measured again (no drift, no finals).
+    recorded = True
+
     def __init__(self, store: Store, grid_id: str) -> None:
         self.grid = store.get_grid(grid_id)
         if self.grid.status != "complete":

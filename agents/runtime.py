@@ -20,7 +20,7 @@ from haqa.goal import Goal
 from haqa.graph.routing import Budgets
 from haqa.schemas import MeasurementPolicy
 from haqa.space import SearchSpace
-from haqa.store import MessageRecord, Store, TrialRecord, TrialResult
+from haqa.store import MessageRecord, Store, TrialRecord, TrialResult, superseded
 
 #: Roles written to ``messages``.
 ROLE_SYSTEM = "system"  # an agent's static prompt
@@ -190,15 +190,6 @@ class RunRuntime:
                 )
             )
         return out
-
-
-def superseded(trials: list[TrialRecord]) -> set[int]:
-    """Trials replaced by a re-measurement (``remeasure_of``) that finished."""
-    return {
-        int(t.config["remeasure_of"])
-        for t in trials
-        if "remeasure_of" in t.config and t.status == "ok"
-    }
 
 
 def search_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from haqa.store import RunRecord, Store, TrialRecord
+from haqa.store import RunRecord, Store, TrialRecord, superseded
 from haqa.units import format_bytes
 
 
@@ -20,7 +20,12 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 
 def _search_trials(trials: list[TrialRecord], stage: str) -> list[TrialRecord]:
-    return [t for t in trials if t.stage == stage and "role" not in t.config]
+    replaced = superseded(trials)
+    return [
+        t
+        for t in trials
+        if t.stage == stage and "role" not in t.config and t.trial_id not in replaced
+    ]
 
 
 def pareto_front(
@@ -166,6 +171,15 @@ def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
     return [*lines, ""]
 
 
+def _finals_note(result: dict[str, Any]) -> str:
+    if not result.get("final_trial_ids"):
+        return ""
+    return (
+        f" (measured before and after the baselines, trials {_ids(result['final_trial_ids'])}; "
+        f"{_fmt(result.get('search_decode_tps'))} during the search)"
+    )
+
+
 def _ids(ids: Any) -> str:
     return ", ".join(str(i) for i in ids or []) or "none"
 
@@ -196,9 +210,8 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
             f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
             f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
             f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
-            f"{_fmt(result.get('decode_tps'))} tok/s (measured before and after the baselines, "
-            f"trials {_ids(result.get('final_trial_ids'))}; {_fmt(result.get('search_decode_tps'))}"
-            f" during the search), peak memory {format_bytes(result.get('peak_mem_bytes'))}",
+            f"{_fmt(result.get('decode_tps'))} tok/s{_finals_note(result)}, peak memory "
+            f"{format_bytes(result.get('peak_mem_bytes'))}",
             f"- roofline efficiency (decode bytes/s ÷ measured bandwidth): "
             f"{_fmt(result.get('roofline_efficiency'), '.2f')}",
             "",

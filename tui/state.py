@@ -19,11 +19,11 @@ from typing import Any
 
 from haqa.goal import Goal
 from haqa.report import pareto_front as report_pareto_front
-from haqa.store import MessageRecord, RunRecord, TrialRecord
+from haqa.store import MessageRecord, RunRecord, TrialRecord, superseded
 from haqa.units import format_bytes
 
 #: ``config["role"]`` of trials measured around the search, not proposed by it.
-MEASUREMENT_ROLES = ("base", "reference", "baseline", "test")
+MEASUREMENT_ROLES = ("base", "reference", "baseline", "test", "anchor", "final")
 
 #: Keys shown first in a configuration summary (the knobs a reader compares).
 _SUMMARY_KEYS = (
@@ -206,9 +206,10 @@ def best_so_far(run: RunRecord, trials: Sequence[TrialRecord]) -> Best | None:
     if goal is None:
         return None
     ref = reference_accuracy(trials)
+    replaced = superseded(list(trials))
     best: Best | None = None
     for t in trials:
-        if not feasible(run, t, ref):
+        if t.trial_id in replaced or not feasible(run, t, ref):
             continue
         value = goal.objective(t.metrics)
         if value is not None and (best is None or value > best.objective):
@@ -230,12 +231,14 @@ def pareto_points(
     trials: Sequence[TrialRecord],
 ) -> list[tuple[int, float, float]]:
     """(trial id, decode tok/s, accuracy) of measured deploy search trials."""
+    replaced = superseded(list(trials))
     return [
         (t.trial_id, float(t.metrics.decode_tps), float(t.metrics.accuracy))
         for t in trials
         if t.stage == "deploy"
         and t.status == "ok"
         and not role_of(t)
+        and t.trial_id not in replaced
         and t.metrics.decode_tps is not None
         and t.metrics.accuracy is not None
     ]
@@ -250,7 +253,14 @@ def pareto_front(points: Sequence[tuple[int, float, float]]) -> list[tuple[int, 
 
 def budget_used(run: RunRecord, trials: Sequence[TrialRecord]) -> tuple[int, int | None]:
     """Search trials counted against the budget, and the run's total budget (None if unknown)."""
-    used = sum(1 for t in trials if not role_of(t) and t.status in ("ok", "failed", "rejected"))
+    replaced = superseded(list(trials))
+    used = sum(
+        1
+        for t in trials
+        if not role_of(t)
+        and t.trial_id not in replaced
+        and t.status in ("ok", "failed", "rejected")
+    )
     budgets = (run.config or {}).get("budgets") or {}
     try:
         total = int(budgets.get("finetune_trials", 0)) + int(budgets.get("deploy_trials", 0))

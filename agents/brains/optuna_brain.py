@@ -146,6 +146,10 @@ class OptunaBrain:
                 continue  # a value outside today's space (a narrower machine): not comparable
 
     def propose(self, ctx: DecisionContext) -> Proposal:
+        if self._told.get(ctx.stage, set()) - {t.trial_id for t in ctx.history}:
+            # A trial the study was told about was replaced (re-measured after a drift): tell
+            # a new study the history as it stands, as a resumed run would.
+            self._studies.pop(ctx.stage, None)
         study = self._study(ctx)
         self._tell_history(ctx, study)
         distributions = {k.name: _distribution(k) for k in ctx.space.knobs}

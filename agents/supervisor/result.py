@@ -168,7 +168,9 @@ def build_result(rt: RunRuntime) -> RunResult:
             work=lambda: rt.toolbox.deploy(cfg, adapter),
         )
 
-    before = measure_chosen(1)
+    # A recorded grid answers with its recordings: measuring again there adds nothing.
+    recorded = bool(getattr(rt.toolbox, "recorded", False))
+    before = None if recorded else measure_chosen(1)
     baselines = []
     defaults = llama_defaults(brief)
     for quant in BASELINE_TYPES:
@@ -193,8 +195,8 @@ def build_result(rt: RunRuntime) -> RunResult:
                 decode_tps=trial.metrics.decode_tps,
             )
         )
-    after = measure_chosen(2)
-    finals = [t.metrics for t in (before, after) if t.status == "ok" and t.metrics.decode_tps]
+    after = None if recorded else measure_chosen(2)
+    finals = [t.metrics for t in (before, after) if t and t.status == "ok" and t.metrics.decode_tps]
     m = best.metrics
     decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
     prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
@@ -219,7 +221,7 @@ def build_result(rt: RunRuntime) -> RunResult:
             "prefill_tps": prefill,
             "decode_tps": decode,
             "search_decode_tps": m.decode_tps,
-            "final_trial_ids": [before.trial_id, after.trial_id],
+            "final_trial_ids": [t.trial_id for t in (before, after) if t],
             "peak_mem_bytes": m.peak_mem_bytes,
             "roofline_efficiency": getattr(m, "roofline_efficiency", None),
             "objective": best_view.objective,

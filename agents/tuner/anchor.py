@@ -21,9 +21,9 @@ from typing import Final
 from pydantic import BaseModel
 
 from haqa.agents.common import run_trial
-from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime, search_config, superseded
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime, search_config
 from haqa.schemas import DeployConfig, TrialMetrics
-from haqa.store import TrialRecord
+from haqa.store import TrialRecord, superseded
 
 AGENT = "tuner"
 STAGE: Final = "deploy"
@@ -62,7 +62,8 @@ def anchor_state(rt: RunRuntime) -> AnchorState:
     marked: list[int] = []
     for t in trials:
         if t.config.get("role") == "anchor" and t.status != "ok":
-            state.since_anchor, state.last_drifted = 0, False  # a failed check is not re-tried
+            # A failed check is not re-tried, and it ends a drift episode.
+            state.since_anchor, state.last_drifted, state.retries = 0, False, 0
         elif _is_anchor(t):
             extra = _extra(t)
             state.since_anchor = 0
@@ -80,9 +81,10 @@ def anchor_state(rt: RunRuntime) -> AnchorState:
     return state
 
 
-def measurement_step(rt: RunRuntime, adapter: str | None) -> bool:
+def measurement_step(rt: RunRuntime, adapter: str | None, *, closing: bool = False) -> bool:
     """Run the measurement work that is due (re-measurements first, then the anchor); True when
-    something ran, so the tuner starts no new trial in this step."""
+    something ran, so the tuner starts no new trial in this step. ``closing``: the stage is about
+    to end, so trials measured since the last check are checked now, however few."""
     policy = rt.measurement
     if not policy.anchor_every:
         return False
@@ -92,7 +94,8 @@ def measurement_step(rt: RunRuntime, adapter: str | None) -> bool:
     if state.pending:
         _remeasure(rt, state.pending, adapter)
         return True
-    if state.since_anchor >= policy.anchor_every or state.last_drifted:
+    due = state.since_anchor >= (1 if closing else policy.anchor_every)
+    if due or state.last_drifted:
         _measure_anchor(rt, state, adapter)
         return True
     return False

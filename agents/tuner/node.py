@@ -77,10 +77,6 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     )
     ensure_system_prompt(rt, AGENT, static)
     reference = reference_accuracy(rt, adapter)
-    # Anchor checks and re-measurements come before the next trial (and before the stage ends,
-    # so the answer is never taken from trials measured during a drift).
-    if not rt.control.stop.is_set() and measurement_step(rt, adapter):
-        return {}
     views = rt.views(STAGE, reference)
     best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
     roofline = None
@@ -104,6 +100,15 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     )
     if stop is None and rt.control.stop.is_set():
         stop = "stopped by the user"
+    # Anchor checks and re-measurements come before the next trial, and before the stage ends
+    # (a closing check covers the trials since the last one), so the answer is not taken from
+    # trials measured during a drift. Not past the wall clock, nor after the user's stop.
+    if (
+        not rt.control.stop.is_set()
+        and rt.elapsed_s < rt.budgets.wall_clock_s
+        and measurement_step(rt, adapter, closing=stop is not None)
+    ):
+        return {}
     if stop:
         rt.mark("deploy_done", f"deployment stage finished: {stop}", reason=stop)
         return {}

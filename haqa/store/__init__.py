@@ -10,6 +10,7 @@ from haqa.store.records import (
     TrialRecord,
     TrialResult,
     new_run_id,
+    superseded,
     utcnow,
 )
 from haqa.store.sandbox import SandboxResult, sandbox_query
@@ -30,5 +31,6 @@ __all__ = [
     "iter_grid_configs",
     "new_run_id",
     "sandbox_query",
+    "superseded",
     "utcnow",
 ]

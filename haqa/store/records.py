@@ -72,6 +72,16 @@ class TrialRecord(TrialResult):
     trial_id: int
 
 
+def superseded(trials: list[TrialRecord]) -> set[int]:
+    """Trials replaced by a re-measurement (``remeasure_of``, taken after a drift) that finished:
+    the search, the answer and the TUI use the re-measurement instead."""
+    return {
+        int(t.config["remeasure_of"])
+        for t in trials
+        if "remeasure_of" in t.config and t.status == "ok"
+    }
+
+
 class MessageRecord(BaseModel):
     """One entry of a run's trace, in order."""
 
