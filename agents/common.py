@@ -31,7 +31,7 @@ from haqa.agents.runtime import (
     canonical,
 )
 from haqa.config import validation_message
-from haqa.errors import HaqaError, no_room_message
+from haqa.errors import HaqaError, failure_reason
 from haqa.schemas import DeployConfig, FinetuneConfig, TrialMetrics
 from haqa.store import TrialRecord, TrialResult, utcnow
 from haqa.units import format_bytes
@@ -104,7 +104,7 @@ def decide(
         except InvalidAnswer as exc:  # malformed JSON, an unknown tool, no action
             reason = str(exc)
         except Exception as exc:  # an LLM endpoint down, a client error
-            reason = f"the brain failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            reason = f"the brain failed: {failure_reason(exc, 300)}"
         if proposal is not None and not reason:
             if proposal.action == "finish":
                 return proposal, None
@@ -201,7 +201,7 @@ def run_trial(
         metrics, status, error = TrialMetrics(), "failed", str(exc)
     except Exception as exc:
         metrics, status = TrialMetrics(), "failed"
-        error = no_room_message(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
+        error = failure_reason(exc)
     return rt.add_trial(
         TrialResult(
             stage=stage,

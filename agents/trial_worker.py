@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     from haqa.agents.isolation import decode_arg
     from haqa.agents.toolbox import ToolboxSettings
-    from haqa.errors import HaqaError, no_room_message
+    from haqa.errors import HaqaError, failure_reason
 
     request = json.loads(Path(argv[0]).read_text())
     response = Path(argv[1])
@@ -54,8 +54,7 @@ def main(argv: list[str]) -> int:
         reply = {"ok": False, "user_error": True, "error": str(exc)}
     except Exception as exc:
         traceback.print_exc()
-        error = no_room_message(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:1000]}"
-        reply = {"ok": False, "error": error}
+        reply = {"ok": False, "error": failure_reason(exc)}
     response.write_text(json.dumps(reply, default=str))
     return 0
 

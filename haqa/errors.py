@@ -58,3 +58,9 @@ def no_room_message(exc: BaseException) -> str | None:
             )
         current = current.__cause__ or current.__context__
     return None
+
+
+def failure_reason(exc: BaseException, limit: int = 1000) -> str:
+    """Why a tool failed, as a trial records it: one line, the no-room message where it applies,
+    else the exception's type and its (folded, cut) message."""
+    return no_room_message(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"

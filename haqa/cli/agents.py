@@ -45,20 +45,19 @@ def _run_config(
     from haqa.schemas import MeasurementPolicy
 
     file_layer = read_toml(config) if config else {}
-    file_budgets = dict(file_layer.pop("budgets", {}) or {})
-    budgets = build(Budgets, file_budgets, budget_overrides, source="budgets")
-    file_measurement = dict(file_layer.pop("measurement", {}) or {})
-    measurement = build(
-        MeasurementPolicy,
-        file_measurement,
-        {k: v for k, v in (measurement_overrides or {}).items() if v is not None},
-        source="measurement",
-    )
+    # Nested tables are layered on their own (file < flags), then set whole on the run config.
+    nested = {
+        key: build(model, dict(file_layer.pop(key, {}) or {}), layer, source=key)
+        for key, model, layer in (
+            ("budgets", Budgets, budget_overrides),
+            ("measurement", MeasurementPolicy, measurement_overrides or {}),
+        )
+    }
     return build(
         RunConfig,
         file_layer,
         {k: v for k, v in overrides.items() if v is not None},
-        {"budgets": budgets, "measurement": measurement},
+        nested,
         source=str(config) if config else "run config",
     )
 

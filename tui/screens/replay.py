@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, TabbedContent
+from textual.widgets import Footer, Header
 
 from haqa.store import MessageRecord, RunRecord, Store, TrialRecord
 from haqa.tui.screens.dialogs import JumpDialog
-from haqa.tui.screens.help import HelpScreen
+from haqa.tui.screens.panes import PaneScreen
 from haqa.tui.state import (
     elapsed_at,
     status_line,
@@ -26,11 +25,11 @@ from haqa.tui.widgets.run_panes import RunPanes
 from haqa.tui.widgets.status_bar import StatusBar
 from haqa.tui.widgets.timeline import Timeline
 
-TABS = ("tab-trials", "tab-pareto", "tab-brief")
 SPEEDS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
-class ReplayScreen(Screen[None]):
+class ReplayScreen(PaneScreen):
+    HELP_TOPIC = "replay"
     BINDINGS = [  # noqa: RUF012
         Binding("right,l", "step(1)", "Step", priority=True),
         Binding("left,h", "step(-1)", "Back", priority=True),
@@ -168,19 +167,6 @@ class ReplayScreen(Screen[None]):
             self._stop_playing()
             self._timer = self.set_interval(1.0 / self.speed, self._tick)
         self.show(self.step)
-
-    def action_next_tab(self) -> None:
-        tabs = self.query_one(TabbedContent)
-        tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)] if tabs.active else TABS[0]
-
-    def action_maximize_pane(self) -> None:
-        if self.maximized is not None:
-            self.minimize()
-        elif self.focused is not None:
-            self.maximize(self.focused)
-
-    def action_help(self) -> None:
-        self.app.push_screen(HelpScreen("replay"))
 
     def action_back(self) -> None:
         self._stop_playing()

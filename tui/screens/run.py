@@ -18,23 +18,21 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent
+from textual.widgets import Footer, Header
 
 from haqa.errors import HaqaError
 from haqa.store import MessageRecord, RunRecord, Store, TrialRecord, new_run_id
 from haqa.tui.backend import Control, RunBackend
 from haqa.tui.messages import RunEnded, RunEvent, RunLoaded
 from haqa.tui.screens.dialogs import ErrorDialog, QuitRunDialog
-from haqa.tui.screens.help import HelpScreen
+from haqa.tui.screens.panes import PaneScreen
 from haqa.tui.state import status_line
 from haqa.tui.widgets.run_panes import RunPanes
 from haqa.tui.widgets.status_bar import StatusBar
 
-TABS = ("tab-trials", "tab-pareto", "tab-brief")
 
-
-class RunScreen(Screen[None]):
+class RunScreen(PaneScreen):
+    HELP_TOPIC = "run"
     BINDINGS = [  # noqa: RUF012
         Binding("p", "toggle_pause", "Pause/resume"),
         Binding("x", "stop", "Stop"),
@@ -215,19 +213,6 @@ class RunScreen(Screen[None]):
         self.control.pause.clear()
         self.notify("stopping after the step in flight; the run stays resumable", timeout=4)
         self._refresh_status()
-
-    def action_next_tab(self) -> None:
-        tabs = self.query_one(TabbedContent)
-        tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)] if tabs.active else TABS[0]
-
-    def action_maximize_pane(self) -> None:
-        if self.maximized is not None:
-            self.minimize()
-        elif self.focused is not None:
-            self.maximize(self.focused)
-
-    def action_help(self) -> None:
-        self.app.push_screen(HelpScreen("run"))
 
     async def _leave(self, then: str) -> None:
         if not self.running:
