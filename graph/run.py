@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from haqa.agents.brains import ALL_BRAINS, make_brain
 from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
@@ -72,6 +72,14 @@ class RunConfig(Strict):
         default_factory=MeasurementPolicy,
         description="benchmark repeats until steady; anchor re-measurement and drift",
     )
+
+    @field_validator("brain")
+    @classmethod
+    def _known_brain(cls, value: str) -> str:
+        # Checked with the config, so a typo fails before `haqa run` builds a zoo model.
+        if value not in BRAINS:
+            raise ValueError(f"unknown brain {value!r}: use one of {', '.join(BRAINS)}")
+        return value
 
     def parsed_goal(self) -> Goal:
         return Goal.parse(

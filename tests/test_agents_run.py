@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def expert_run(tmp_path_factory: pytest.TempPathFactory, tiny_home: Path) -> tuple[Store, str]:
     store = Store(tmp_path_factory.mktemp("run") / "haqa.duckdb")
-    run_id, result = start_run(store, small_run_config())
+    # The default: every trial in its own child process, as `haqa run` does it.
+    run_id, result = start_run(store, small_run_config(isolate_trials=True))
     assert result is not None
     return store, run_id
 
@@ -105,9 +106,9 @@ def test_report_numbers_equal_the_stored_trials(
 def test_replay_rerun_reproduces_the_decisions(expert_run: tuple[Store, str]) -> None:
     store, run_id = expert_run
     cfg = RunConfig.model_validate(store.get_run(run_id).config)
-    new_id, result = start_run(
-        store, cfg.model_copy(update={"brain": "replay", "replay_run": run_id})
-    )
+    # In this process: the decisions are what is compared, not the isolation.
+    update = {"brain": "replay", "replay_run": run_id, "isolate_trials": False}
+    new_id, result = start_run(store, cfg.model_copy(update=update))
     assert result is not None
     assert _search(store, new_id) == _search(store, run_id)
     assert store.get_run(new_id).brain == "replay"
@@ -200,10 +201,12 @@ def test_kill_mid_trial_then_resume_keeps_every_finished_trial(
 ) -> None:
     db = tmp_path / "haqa.duckdb"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    toml = tmp_path / "run.toml"
+    toml.write_text("quick_analysis = true\n")  # fewer microbenchmark repeats
     args = [
-        "run", "--db", str(db), "--model", "zoo:tiny", "--finetune-trials", "2",
-        "--deploy-trials", "2", "--finetune-steps", "20", "--eval-limit", "20",
-        "--n-prompt", "32", "--n-gen", "8", "--repetitions", "1",
+        "run", "--db", str(db), "--config", str(toml), "--model", "zoo:tiny",
+        "--finetune-trials", "2", "--deploy-trials", "1", "--finetune-steps", "20",
+        "--eval-limit", "20", "--n-prompt", "32", "--n-gen", "8", "--repetitions", "1",
         "--report-dir", str(tmp_path / "report"),
     ]  # fmt: skip
     proc = _haqa(*args, env=env)

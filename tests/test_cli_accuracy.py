@@ -117,6 +117,18 @@ def test_bad_env_setting_exits_2(
     assert not db.exists()
 
 
+def test_run_with_an_unknown_brain_exits_2_before_building_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HAQA_HOME", str(home))
+    db = tmp_path / "h.duckdb"
+    assert main(["run", "--brain", "alphago", "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown brain 'alphago'" in err
+    assert not db.exists() and not (home / "zoo").exists()
+
+
 @pytest.mark.slow
 def test_zoo_list_and_build_of_a_built_model(
     tiny_model: Path, capsys: pytest.CaptureFixture[str]

@@ -17,6 +17,7 @@ from haqa.tools.export_gguf import (
     export_gguf,
     quantize_gguf,
 )
+from haqa.tools.gguf_header import GgufArray, read_gguf_header
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +94,10 @@ def test_bad_inputs_are_one_line_haqa_errors(tiny_f16: Path, tmp_path: Path) -> 
     with pytest.raises(HaqaError, match="truncated") as exc:
         quantize_gguf(QuantizeArgs(gguf=cut, quant_type="Q4_0"))
     assert "\n" not in str(exc.value)
+    header_cut = tmp_path / "header-cut.gguf"
+    header_cut.write_bytes(data[:300])  # inside the metadata, before the tensor table
+    with pytest.raises(HaqaError, match="truncated or corrupt"):
+        check_gguf(header_cut)
     with pytest.raises(HaqaError, match="unknown GGUF type"):
         check_quant_type("Q9_9")
     with pytest.raises(ValidationError):
@@ -103,3 +108,29 @@ def test_cache_key_follows_content_not_path(tiny_model: Path, tmp_path: Path) ->
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)
     assert export_gguf(Args(model=copy)).cached is True  # same bytes, same artifact
+
+
+def test_header_reader_agrees_with_gguf_reader(tiny_model: Path) -> None:
+    """The fast header reader the tools use reads what gguf's own reader reads."""
+    from gguf import GGUFReader
+
+    for q in ("F16", "Q4_K_M", "Q2_K"):
+        path = export_gguf(Args(model=tiny_model, quant_type=q)).gguf_path  # type: ignore[arg-type]
+        header, reader = read_gguf_header(path), GGUFReader(path)
+        assert [
+            (t.name, list(t.shape), t.ggml_type, t.data_offset, t.n_elements, t.n_bytes)
+            for t in header.tensors
+        ] == [
+            (t.name, [int(x) for x in t.shape], t.tensor_type.name, t.data_offset,
+             int(t.n_elements), int(t.n_bytes))
+            for t in reader.tensors
+        ]  # fmt: skip
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF."):  # the reader's own pseudo-fields (version, counts)
+                continue
+            value = header.fields[key]
+            if isinstance(value, GgufArray):
+                assert value.length == len(field.data), key
+            else:
+                assert value == pytest.approx(field.contents()), key
+        assert header.data_end == path.stat().st_size

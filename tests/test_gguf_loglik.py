@@ -42,6 +42,14 @@ def _hf_logprobs(model_dir: Path, gguf: Path, requests: list[tuple[str, str]]) -
     return out
 
 
+#: Allowed difference per nat of the HF sum (a floor of 1 nat). F32 differs from torch only in
+#: summation order (measured up to 0.0003 per nat). F16 rounds the weights and, on the CPU, each
+#: matmul's inputs too (llama.cpp multiplies F16 weights by F16-converted activations): measured
+#: up to 0.0009 per nat on zoo builds of two machines. A wrong token or a shifted position costs
+#: whole nats, so these bounds still catch a scoring error.
+_TOLERANCE = {"F32": 1e-3, "F16": 2e-3}
+
+
 @pytest.mark.parametrize("outtype", ["F32", "F16"])
 def test_gguf_logprobs_match_the_hf_model(tiny_model: Path, outtype: str) -> None:
     gguf = export_gguf(Args(model=tiny_model, outtype=outtype)).gguf_path  # type: ignore[arg-type]
@@ -49,7 +57,7 @@ def test_gguf_logprobs_match_the_hf_model(tiny_model: Path, outtype: str) -> Non
     want = _hf_logprobs(tiny_model, gguf, REQUESTS)
     for g, w in zip(got, want, strict=True):
         assert g < 0
-        assert abs(g - w) < 1e-2
+        assert abs(g - w) < _TOLERANCE[outtype] * max(1.0, abs(w)), (g, w)
 
 
 def test_order_and_kv_reuse_do_not_change_results(tiny_model: Path) -> None:

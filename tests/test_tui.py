@@ -25,6 +25,7 @@ from haqa.tui.screens.home import HomeScreen
 from haqa.tui.screens.new_run import NewRunScreen
 from haqa.tui.screens.replay import ReplayScreen
 from haqa.tui.widgets.conversation import ConversationView
+from haqa.tui.widgets.timeline import Timeline
 from haqa.tui.widgets.trials_table import TrialsTable
 
 SIZE = (80, 24)
@@ -45,6 +46,14 @@ def demo_db(tmp_path: Path) -> Path:
     path = tmp_path / "haqa.duckdb"
     demo_copy(path)
     return path
+
+
+async def _until(condition: Callable[[], bool], pilot: Any, timeout_s: float = 10.0) -> None:
+    """Wait for the app to reach a state (timers run on their own), failing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the app did not reach the expected state in time"
+        await pilot.pause(0.05)
 
 
 def _error_text(app: HaqaApp) -> str:
@@ -122,15 +131,26 @@ async def test_replay_jumps_to_a_trial(demo_db: Path) -> None:
         # the step shows trial 5 and the one before it does not
         await pilot.press("left")
         assert 5 not in table.trial_ids
-        # play at the fastest speed: the steps advance by themselves, then pause again
-        await pilot.press("home", *["plus"] * 5, "space")
+        # the speed steps between 1 and 32 steps per second
+        await pilot.press(*["plus"] * 6)
         assert screen.speed == 32.0
-        await pilot.pause(0.5)
+        await pilot.press(*["minus"] * 6)
+        assert screen.speed == 1.0
+        # play from the start: the steps advance by themselves; space pauses them. A press waits
+        # until the app is idle (up to a second), so the checks read state, not tick counts.
+        timeline = screen.query_one(Timeline)
+        await pilot.press("home", "space")
+        assert timeline.playing
+        await _until(lambda: screen.step >= 2, pilot)
         await pilot.press("space")
+        assert not timeline.playing
         reached = screen.step
-        assert reached > 2
-        await pilot.pause(0.3)
+        await pilot.pause(2.5)  # two and a half ticks at 1 step per second
         assert screen.step == reached
+        # at the end, play starts over from the first step
+        await pilot.press("end", "space")
+        assert timeline.playing and screen.step < screen.total
+        await pilot.press("space")
 
 
 @sync

@@ -69,7 +69,8 @@ async def _key_latency(
 @sync
 async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
     db = tmp_path / "haqa.duckdb"
-    defaults = small_run_config().model_dump(mode="json")
+    # Trials in child processes, as `haqa tui` runs them: the keys stay responsive meanwhile.
+    defaults = small_run_config(isolate_trials=True).model_dump(mode="json")
     app = HaqaApp(db, backend=LiveBackend(), run_defaults=defaults)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()

@@ -27,6 +27,11 @@ def small_run_config(**overrides: Any) -> RunConfig:
         # re-measurements), which would make trial sequences differ between two runs;
         # tests/test_measurement.py drives them with a real noisy neighbour instead.
         "measurement": MeasurementPolicy(anchor_every=0),
+        # Trials run in this process: a child per trial re-imports torch, transformers and peft
+        # (about 10 s each here), and these tests check the agents, not the isolation. The
+        # default (a child per trial) is what `haqa run` uses; tests/test_isolation.py, the
+        # expert run and every test that drives the CLI go through it.
+        "isolate_trials": False,
     }
     base.update(overrides)
     return RunConfig(**base)

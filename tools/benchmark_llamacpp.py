@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from haqa.errors import HaqaError
 from haqa.schemas import RuntimeSettings
+from haqa.tools.gguf_header import read_gguf_header
 
 #: ggml type ids (ggml.h ``enum ggml_type``) and bytes per element of the KV-cache types.
 _GGML_TYPES: dict[str, tuple[int, float]] = {
@@ -202,30 +203,21 @@ def bytes_per_token(model: Path, runtime: RuntimeSettings, n_gen: int) -> float:
     """Bytes read to generate one token. Weights: every tensor's bytes, except that only one row
     of the token-embedding table is read (unless the output layer reuses it). KV cache: K and V of
     every layer at the tg test's mean position (n_gen / 2), at type_k / type_v."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(model)
-    tensors = {t.name: t for t in reader.tensors}
-    weights = float(sum(int(t.n_bytes) for t in reader.tensors))
+    header = read_gguf_header(model)
+    tensors = {t.name: t for t in header.tensors}
+    weights = float(sum(t.n_bytes for t in header.tensors))
     emb = tensors.get("token_embd.weight")
     if emb is not None and "output.weight" in tensors:
-        n_rows = int(emb.shape[-1]) if len(emb.shape) > 1 else 1
-        weights -= int(emb.n_bytes) * (1 - 1 / max(n_rows, 1))
+        n_rows = emb.shape[-1] if len(emb.shape) > 1 else 1
+        weights -= emb.n_bytes * (1 - 1 / max(n_rows, 1))
 
-    def field(key: str) -> int | None:
-        f = reader.fields.get(key)
-        if f is None or not f.data:
-            return None
-        return int(f.parts[f.data[0]][0])
-
-    arch_field = reader.fields.get("general.architecture")
-    arch = bytes(arch_field.parts[arch_field.data[0]]).decode() if arch_field else "llama"
-    n_layer = field(f"{arch}.block_count") or 0
-    n_embd = field(f"{arch}.embedding_length") or 0
-    n_head = field(f"{arch}.attention.head_count") or 1
-    n_head_kv = field(f"{arch}.attention.head_count_kv") or n_head
-    head_k = field(f"{arch}.attention.key_length") or n_embd // n_head
-    head_v = field(f"{arch}.attention.value_length") or n_embd // n_head
+    arch = header.str_field("general.architecture") or "llama"
+    n_layer = header.int_field(f"{arch}.block_count") or 0
+    n_embd = header.int_field(f"{arch}.embedding_length") or 0
+    n_head = header.int_field(f"{arch}.attention.head_count") or 1
+    n_head_kv = header.int_field(f"{arch}.attention.head_count_kv") or n_head
+    head_k = header.int_field(f"{arch}.attention.key_length") or n_embd // n_head
+    head_v = header.int_field(f"{arch}.attention.value_length") or n_embd // n_head
     per_cell = (
         n_layer
         * n_head_kv

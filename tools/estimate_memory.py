@@ -1,7 +1,7 @@
 """Predict peak memory before anything runs: the supervisor's memory gate.
 
-Two estimates, both fast (no model is loaded: GGUF metadata through ``gguf.GGUFReader``, Hugging
-Face shapes through ``config.json``):
+Two estimates, both fast (no model is loaded: GGUF metadata through ``gguf_header``, Hugging Face
+shapes through ``config.json``):
 
 * a llama.cpp deployment (``estimate_deploy_memory``): weights + KV cache + compute buffers +
   the runtime's fixed overhead, predicting the peak resident set (RSS) of a process that loads the
@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from haqa.errors import HaqaError
 from haqa.modelref import check_hf_causal_lm, is_gguf
 from haqa.schemas import DeployConfig, FinetuneConfig
+from haqa.tools.gguf_header import read_gguf_header
 
 _MIB = 1024**2
 
@@ -216,16 +217,11 @@ def _hf_shape(folder: Path) -> ModelShape:
 
 
 def _gguf_shape(path: Path) -> ModelShape:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path), "r")
+    header = read_gguf_header(path)
 
     def field(key: str) -> int | str | None:
-        f = reader.fields.get(key)
-        if f is None:
-            return None
-        value = f.contents()
-        return value if isinstance(value, int | str) else None
+        value = header.fields.get(key)
+        return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
     arch = str(field("general.architecture") or "llama")
 
@@ -242,15 +238,14 @@ def _gguf_shape(path: Path) -> ModelShape:
     n_embd = num("embedding_length")
     n_head = num("attention.head_count")
     tensors = []
-    for t in reader.tensors:
-        shape = [int(x) for x in t.shape]
+    for t in header.tensors:
         tensors.append(
             TensorSpec(
                 name=t.name,
-                ne0=shape[0],
-                rows=math.prod(shape[1:]) if len(shape) > 1 else 1,
-                ggml_type=t.tensor_type.name,
-                n_bytes=int(t.n_bytes),
+                ne0=t.shape[0],
+                rows=math.prod(t.shape[1:]) if len(t.shape) > 1 else 1,
+                ggml_type=t.ggml_type,
+                n_bytes=t.n_bytes,
             )
         )
     names = {t.name for t in tensors}

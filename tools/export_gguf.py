@@ -28,6 +28,7 @@ from haqa.errors import HaqaError
 from haqa.modelref import GGUF_MAGIC, check_hf_causal_lm
 from haqa.paths import artifacts_dir
 from haqa.schemas import GGUF_QUANT_TYPES, GgufQuantType
+from haqa.tools.gguf_header import read_gguf_header
 
 Outtype = Literal["F32", "F16", "BF16"]
 
@@ -116,27 +117,17 @@ def check_gguf(path: Path) -> GgufInfo:
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise HaqaError(f"{path} is not a GGUF file (bad magic): pass a .gguf file")
-    from gguf import GGUFReader
-
-    size = path.stat().st_size
-    try:
-        reader = GGUFReader(path)
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # the reader raises assorted errors on a cut-off file
-        raise HaqaError(
-            f"{path} is a truncated or corrupt GGUF ({type(exc).__name__}): re-export it"
-        ) from None
-    if end > size or not reader.tensors:
+    header = read_gguf_header(path)
+    size, end = header.size_bytes, header.data_end
+    if end > size or not header.tensors:
         raise HaqaError(f"{path} is a truncated GGUF ({size} of {end} bytes): re-export it")
-    ft = reader.fields.get("general.file_type")
-    file_type = int(ft.parts[ft.data[0]][0]) if ft is not None else None
     return GgufInfo(
         path=path,
         size_bytes=size,
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
-        n_tensors=len(reader.tensors),
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
-        file_type=file_type,
+        n_params=sum(t.n_elements for t in header.tensors),
+        n_tensors=len(header.tensors),
+        tensor_bytes=sum(t.n_bytes for t in header.tensors),
+        file_type=header.int_field("general.file_type"),
     )
 
 
