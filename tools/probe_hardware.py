@@ -189,7 +189,18 @@ def _cache_sizes() -> Caches:
     return out
 
 
+def _nvidia_driver_present() -> bool:
+    """Linux with no NVIDIA driver (and no WSL GPU bridge) has no CUDA device for torch to find:
+    the probe then skips importing torch, which alone takes about 3 s on a small CPU, and every
+    trial's child process probes (from the cache) before it benchmarks."""
+    if platform.system() != "Linux":
+        return True
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists()
+
+
 def _gpus() -> list[GpuInfo]:
+    if not _nvidia_driver_present():
+        return []
     try:
         import torch
     except ImportError:
