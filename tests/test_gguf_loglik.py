@@ -45,9 +45,9 @@ def _hf_logprobs(model_dir: Path, gguf: Path, requests: list[tuple[str, str]]) -
 #: Allowed difference per nat of the HF sum (a floor of 1 nat). F32 differs from torch only in
 #: summation order (measured up to 0.0003 per nat). F16 rounds the weights and, on the CPU, each
 #: matmul's inputs too (llama.cpp multiplies F16 weights by F16-converted activations): measured
-#: up to 0.0009 per nat on zoo builds of two machines. A wrong token or a shifted position costs
-#: whole nats, so these bounds still catch a scoring error.
-_TOLERANCE = {"F32": 1e-3, "F16": 2e-3}
+#: up to 0.0009 per nat on zoo builds of two machines; other CPUs take other F16 paths, hence
+#: 0.003. A wrong token or a shifted position costs whole nats: these still catch such errors.
+_TOLERANCE = {"F32": 1e-3, "F16": 3e-3}
 
 
 @pytest.mark.parametrize("outtype", ["F32", "F16"])

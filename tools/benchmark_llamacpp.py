@@ -214,8 +214,9 @@ def bytes_per_token(model: Path, runtime: RuntimeSettings, n_gen: int) -> float:
     arch = header.str_field("general.architecture") or "llama"
     n_layer = header.int_field(f"{arch}.block_count") or 0
     n_embd = header.int_field(f"{arch}.embedding_length") or 0
-    n_head = header.int_field(f"{arch}.attention.head_count") or 1
-    n_head_kv = header.int_field(f"{arch}.attention.head_count_kv") or n_head
+    # Some architectures store head counts per layer (an array): the first layer's, as before.
+    n_head = header.int_field(f"{arch}.attention.head_count", first_of_array=True) or 1
+    n_head_kv = header.int_field(f"{arch}.attention.head_count_kv", first_of_array=True) or n_head
     head_k = header.int_field(f"{arch}.attention.key_length") or n_embd // n_head
     head_v = header.int_field(f"{arch}.attention.value_length") or n_embd // n_head
     per_cell = (

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from haqa.errors import HaqaError
 
 _DEFAULT_ALIGNMENT = 32
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 # GGUF value types (gguf.cpp's ``gguf_type``): struct code of each fixed-size one.
 _SCALAR = {
     0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
@@ -36,6 +37,7 @@ class GgufArray(BaseModel):
 
     element_type: int
     length: int
+    first: int | float | None = Field(None, description="the first element of a numeric array")
 
 
 Scalar = int | float | bool | str
@@ -61,8 +63,11 @@ class GgufHeader(BaseModel):
     fields: dict[str, Scalar | GgufArray]
     tensors: tuple[GgufTensorInfo, ...]
 
-    def int_field(self, key: str) -> int | None:
+    def int_field(self, key: str, *, first_of_array: bool = False) -> int | None:
+        """An integer field; with ``first_of_array``, a per-layer array's first element."""
         value = self.fields.get(key)
+        if first_of_array and isinstance(value, GgufArray):
+            value = value.first
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def str_field(self, key: str) -> str | None:
@@ -103,14 +108,20 @@ class _Cursor:
             return self.string()
         if vtype == _ARRAY:
             element_type, length = int(self.take("I")), int(self.take("Q"))
+            first: int | float | None = None
+            if element_type in _SCALAR and length:
+                code = self.endian + _SCALAR[element_type]
+                first = struct.unpack_from(code, self.buf, self.pos)[0]
             if element_type in _SCALAR:
                 self.skip(length * struct.calcsize(_SCALAR[element_type]))
             elif element_type == _STRING:
+                if length > (len(self.buf) - self.pos) // 8:  # each string has a length field
+                    raise ValueError(f"array of {length} strings runs past the end of the file")
                 for _ in range(length):
                     self.skip(int(self.take("Q")))
             else:  # nested arrays: llama.cpp writes none
                 raise ValueError(f"array of value type {element_type}")
-            return GgufArray(element_type=element_type, length=length)
+            return GgufArray(element_type=element_type, length=length, first=first)
         raise ValueError(f"unknown value type {vtype}")
 
 
@@ -134,21 +145,32 @@ def _parse(path: Path, size: int) -> GgufHeader:
         cur = _Cursor(buf, endian)
         cur.pos = 4
         version = int(cur.take("I"))
-        if version < 2:
+        if not 2 <= version <= 3:
             raise ValueError(f"GGUF version {version} (llama.cpp reads 2 and 3)")
         n_tensors, n_kv = int(cur.take("Q")), int(cur.take("Q"))
+        # Counts a corrupt file could make huge: each entry takes at least 12 (a key-value) or
+        # 24 (a tensor info) bytes, so more than the file holds fails here, not after a long loop.
+        if n_kv * 12 + n_tensors * 24 > len(buf) - cur.pos:
+            raise ValueError(f"{n_kv} key-values and {n_tensors} tensors do not fit in the file")
         fields: dict[str, Scalar | GgufArray] = {}
         for _ in range(n_kv):
             key = cur.string()
+            if key in fields:
+                raise ValueError(f"duplicate key {key}")
             fields[key] = cur.value(int(cur.take("I")))
         infos = []
         for _ in range(n_tensors):
             name = cur.string()
-            shape = tuple(int(cur.take("Q")) for _ in range(int(cur.take("I"))))
+            n_dims = int(cur.take("I"))
+            if not 1 <= n_dims <= _MAX_DIMS:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            shape = tuple(int(cur.take("Q")) for _ in range(n_dims))
             type_id, offset = int(cur.take("I")), int(cur.take("Q"))
             infos.append((name, shape, type_id, offset))
         alignment = fields.get("general.alignment", _DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0:
+        if len({info[0] for info in infos}) != len(infos):
+            raise ValueError("duplicate tensor names")
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"general.alignment {alignment!r}")
         data_start = -(-cur.pos // alignment) * alignment
     tensors = []
@@ -173,7 +195,9 @@ def _parse(path: Path, size: int) -> GgufHeader:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(path: str, size: int, mtime_ns: int) -> GgufHeader:
+def _cached(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> GgufHeader:
+    # Size, both times and the inode: a file rewritten in place or replaced by a rename within
+    # one timestamp tick still changes one of them.
     return _parse(Path(path), size)
 
 
@@ -188,6 +212,8 @@ def read_gguf_header(path: Path) -> GgufHeader:
     if not path.is_file():
         raise HaqaError(f"{path} is not a file: pass a .gguf file")
     try:
-        return _cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        return _cached(
+            str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+        )
     except (ValueError, struct.error, OSError) as exc:
         raise HaqaError(f"{path} is a truncated or corrupt GGUF ({exc}): re-export it") from None

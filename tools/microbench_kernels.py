@@ -88,13 +88,13 @@ def _shapes(args: Args) -> tuple[int, int]:
 def _best(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
     """Best of up to ``repeats`` timed calls after a warm-up, stopping early once the timed calls
     add up to ``budget_s``, as timeit's autorange and Google Benchmark's min_time bound a case by
-    time. A kernel that takes seconds here (bf16 GEMM without native bf16) is timed once, not ten
-    times: a warm-up longer than the budget is the measurement, because first-call allocations
-    and packing (milliseconds) are lost in it, and its spread is small beside its length."""
+    time. A kernel that takes seconds here (bf16 GEMM without native bf16) is timed once or not
+    at all beyond its warm-up: a warm-up over four budgets is the measurement, because first-call
+    allocations and packing (milliseconds) are lost in it, and its spread is small beside it."""
     start = time.perf_counter()
     fn()  # warm-up: first-call allocations and packing are not the kernel
     warm_up = time.perf_counter() - start
-    if warm_up >= budget_s:
+    if warm_up >= 4 * budget_s:
         return warm_up
     best, spent = float("inf"), 0.0
     for _ in range(repeats):

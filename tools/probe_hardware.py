@@ -189,17 +189,24 @@ def _cache_sizes() -> Caches:
     return out
 
 
-def _nvidia_driver_present() -> bool:
-    """Linux with no NVIDIA driver (and no WSL GPU bridge) has no CUDA device for torch to find:
-    the probe then skips importing torch, which alone takes about 3 s on a small CPU, and every
-    trial's child process probes (from the cache) before it benchmarks."""
+#: What a GPU torch could use leaves on Linux: the NVIDIA driver, WSL's GPU bridge, ROCm's
+#: kernel driver (ROCm builds of torch answer through ``torch.cuda``), Jetson's nvgpu.
+_GPU_DRIVER_PATHS = (
+    "/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd", "/dev/nvhost-ctrl-gpu",
+)  # fmt: skip
+
+
+def _gpu_driver_present() -> bool:
+    """Linux with none of those has no device for torch to find: the probe then skips importing
+    torch, which alone takes about 3 s on a small CPU, and every trial's child process probes
+    (from the cache) before it benchmarks."""
     if platform.system() != "Linux":
         return True
-    return Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists()
+    return any(Path(p).exists() for p in _GPU_DRIVER_PATHS)
 
 
 def _gpus() -> list[GpuInfo]:
-    if not _nvidia_driver_present():
+    if not _gpu_driver_present():
         return []
     try:
         import torch

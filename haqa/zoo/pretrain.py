@@ -52,7 +52,7 @@ class TinySpec(BaseModel):
     threads: int | None = Field(
         None,
         description="torch threads; None: the first steps are timed at 1 thread and at every "
-        "core, and the faster is kept",
+        "core, and the faster is kept (with one core or a few steps: the idle cores)",
     )
     seed: int = 0
 
@@ -76,7 +76,9 @@ def _thread_trials(spec: TinySpec) -> list[int]:
     Neither always wins: on an idle 2-core AVX2 machine 2 threads train this model twice as fast
     as 1; on a busy one they wait on each other and train up to 10x slower. These are real
     training steps, so timing them costs nothing but the slower count's few steps."""
-    cores = os.cpu_count() or 1
+    # The cores this process may run on (a container's CPU set), not the host's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     if spec.threads is not None or cores == 1 or spec.steps < 4 * _THREAD_TRIAL_STEPS:
         return []
     return [1, cores]
