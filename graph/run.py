@@ -130,9 +130,7 @@ def _task_files(cfg: RunConfig, model_spec: str) -> tuple[list[Path], list[Path]
 
 def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
     """Validate everything a run needs before anything is stored; build zoo models if needed."""
-    goal = cfg.parsed_goal()
-    if cfg.brain not in BRAINS:
-        raise HaqaError(f"unknown brain {cfg.brain!r}: use one of {', '.join(BRAINS)}")
+    goal = cfg.parsed_goal()  # the brain was checked when the config was built
     model = resolve_model(cfg.model)
     if model.kind != "hf":
         raise HaqaError(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from test_tui_store import RUN_ID, demo_copy
+from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from haqa.cli.tui_cmd import LiveBackend
@@ -48,11 +49,12 @@ def demo_db(tmp_path: Path) -> Path:
     return path
 
 
-async def _until(condition: Callable[[], bool], pilot: Any, timeout_s: float = 10.0) -> None:
-    """Wait for the app to reach a state (timers run on their own), failing after ``timeout_s``."""
+async def until(pilot: Pilot[None], what: Callable[[], bool], timeout_s: float, why: str) -> None:
+    """Wait for the app to reach a state (timers and workers run on their own)."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the app did not reach the expected state in time"
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {why}")
         await pilot.pause(0.05)
 
 
@@ -141,7 +143,7 @@ async def test_replay_jumps_to_a_trial(demo_db: Path) -> None:
         timeline = screen.query_one(Timeline)
         await pilot.press("home", "space")
         assert timeline.playing
-        await _until(lambda: screen.step >= 2, pilot)
+        await until(pilot, lambda: screen.step >= 2, 10, "two steps played")
         await pilot.press("space")
         assert not timeline.playing
         reached = screen.step

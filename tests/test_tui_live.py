@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_tui import sync
+from test_tui import sync, until
 from tests_support import small_run_config
 from textual.pilot import Pilot
 from zoo_fixtures import tiny_build, tiny_home, tiny_model  # noqa: F401 (fixtures)
@@ -30,14 +29,6 @@ from haqa.tui.widgets.trials_table import TrialsTable
 
 pytestmark = pytest.mark.slow
 RUN_LIMIT_S = 420.0
-
-
-async def _until(pilot: Pilot[None], what: Callable[[], bool], timeout_s: float, why: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {why}")
-        await pilot.pause(0.1)
 
 
 async def _key_latency(
@@ -75,7 +66,7 @@ async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: 
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         await pilot.press("n")
-        await _until(pilot, lambda: isinstance(app.screen, NewRunScreen), 30, "the form")
+        await until(pilot, lambda: isinstance(app.screen, NewRunScreen), 30, "the form")
         form = app.screen
         form.query_one("#finetune_trials").value = "1"  # type: ignore[attr-defined]
         form.query_one("#deploy_trials").value = "1"  # type: ignore[attr-defined]
@@ -84,13 +75,13 @@ async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: 
         await pilot.pause()
         errors = {str(e.id): str(e.render()) for e in form.query(".form-error.-shown")}
         assert not errors, errors
-        await _until(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
         screen = app.screen
         assert isinstance(screen, RunScreen)
         run_id = screen.run_id
 
         # While the analyst's microbenchmarks run, keys are handled at once.
-        await _until(
+        await until(
             pilot,
             lambda: any(m.tool_name == "microbench_kernels" for m in screen.messages),
             RUN_LIMIT_S,
@@ -112,7 +103,7 @@ async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: 
         assert screen.control.pause.is_set()
         assert "paused" in str(screen.query_one("#status").render())
         await pilot.press("x")
-        await _until(pilot, lambda: not screen.running, RUN_LIMIT_S, "the run to stop")
+        await until(pilot, lambda: not screen.running, RUN_LIMIT_S, "the run to stop")
         assert screen.error is None
         store = Store(db)
         assert store.get_run(run_id).status == "stopped"
@@ -122,14 +113,14 @@ async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: 
 
         # Resume from the home screen; messages and trials arrive while it runs.
         await pilot.press("escape")
-        await _until(pilot, lambda: isinstance(app.screen, HomeScreen), 10, "home")
+        await until(pilot, lambda: isinstance(app.screen, HomeScreen), 10, "home")
         await pilot.press("r")
-        await _until(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the resumed run")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the resumed run")
         screen = app.screen
         assert isinstance(screen, RunScreen) and screen.run_id == run_id
-        await _until(pilot, lambda: bool(screen.trials), RUN_LIMIT_S, "a trial")
+        await until(pilot, lambda: bool(screen.trials), RUN_LIMIT_S, "a trial")
         seen_live = (screen.running, len(screen.messages), len(screen.trials))
-        await _until(pilot, lambda: not screen.running, RUN_LIMIT_S, "the run to finish")
+        await until(pilot, lambda: not screen.running, RUN_LIMIT_S, "the run to finish")
         assert screen.error is None, screen.error
         assert seen_live[0] and seen_live[1] > stopped_at and seen_live[2] >= 1
         run = store.get_run(run_id)
@@ -142,9 +133,9 @@ async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: 
 
         # Replay it: at every step the table holds the trials stored by then.
         await pilot.press("escape")
-        await _until(pilot, lambda: isinstance(app.screen, HomeScreen), 10, "home")
+        await until(pilot, lambda: isinstance(app.screen, HomeScreen), 10, "home")
         await pilot.press("o")
-        await _until(pilot, lambda: isinstance(app.screen, ReplayScreen), 10, "the replay")
+        await until(pilot, lambda: isinstance(app.screen, ReplayScreen), 10, "the replay")
         replay = app.screen
         assert isinstance(replay, ReplayScreen) and replay.run.run_id == run_id
         table = replay.query_one(TrialsTable)

@@ -218,22 +218,17 @@ def _hf_shape(folder: Path) -> ModelShape:
 
 def _gguf_shape(path: Path) -> ModelShape:
     header = read_gguf_header(path)
-
-    def field(key: str) -> int | str | None:
-        value = header.fields.get(key)
-        return value if isinstance(value, int | str) and not isinstance(value, bool) else None
-
-    arch = str(field("general.architecture") or "llama")
+    arch = header.str_field("general.architecture") or "llama"
 
     def num(key: str, default: int | None = None) -> int:
-        value = field(f"{arch}.{key}")
+        value = header.int_field(f"{arch}.{key}")
         if value is None:
             if default is None:
                 raise HaqaError(
                     f"{path} lacks {arch}.{key}: re-export the GGUF with a current tool"
                 )
             return default
-        return int(value)
+        return value
 
     n_embd = num("embedding_length")
     n_head = num("attention.head_count")
@@ -250,7 +245,7 @@ def _gguf_shape(path: Path) -> ModelShape:
         )
     names = {t.name for t in tensors}
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    ftype_id = field("general.file_type")
+    ftype_id = header.int_field("general.file_type")
     return ModelShape(
         n_layer=num("block_count"),
         n_embd=n_embd,
@@ -260,7 +255,7 @@ def _gguf_shape(path: Path) -> ModelShape:
         n_ff=num("feed_forward_length"),
         n_vocab=num("vocab_size", embd.rows if embd else 0),
         tied_embeddings="output.weight" not in names,
-        file_type=FTYPE_IDS.get(int(ftype_id)) if isinstance(ftype_id, int) else None,
+        file_type=FTYPE_IDS.get(ftype_id) if ftype_id is not None else None,
         tensors=tensors,
     )
 

@@ -4,10 +4,10 @@
 vocabulary has about 100,000 of them and takes about 3 s on a small CPU, paid again by every check
 of the same file (the deploy path validates, quantizes and benchmarks one file several times). The
 tools need only the scalar metadata and the tensor table, so this reads those with ``struct`` from
-one memory map, skips the contents of arrays (keeping their length), and caches the result per
-(path, size, modification time). Layout as in llama.cpp's ``gguf.cpp``: magic, version, tensor and
-key-value counts, the key-values, the tensor infos, then the data at the next multiple of
-``general.alignment``.
+one memory map, skips the contents of arrays (keeping their length and a numeric array's first
+element), and caches the result per file version (path, size, times, inode). Layout as in
+llama.cpp's ``gguf.cpp``: magic, version, tensor and key-value counts, the key-values, the tensor
+infos, then the data at the next multiple of ``general.alignment``.
 """
 
 from __future__ import annotations
@@ -109,11 +109,11 @@ class _Cursor:
         if vtype == _ARRAY:
             element_type, length = int(self.take("I")), int(self.take("Q"))
             first: int | float | None = None
-            if element_type in _SCALAR and length:
-                code = self.endian + _SCALAR[element_type]
-                first = struct.unpack_from(code, self.buf, self.pos)[0]
             if element_type in _SCALAR:
-                self.skip(length * struct.calcsize(_SCALAR[element_type]))
+                code = self.endian + _SCALAR[element_type]
+                if length:
+                    first = struct.unpack_from(code, self.buf, self.pos)[0]
+                self.skip(length * struct.calcsize(code))
             elif element_type == _STRING:
                 if length > (len(self.buf) - self.pos) // 8:  # each string has a length field
                     raise ValueError(f"array of {length} strings runs past the end of the file")
@@ -167,9 +167,9 @@ def _parse(path: Path, size: int) -> GgufHeader:
             shape = tuple(int(cur.take("Q")) for _ in range(n_dims))
             type_id, offset = int(cur.take("I")), int(cur.take("Q"))
             infos.append((name, shape, type_id, offset))
-        alignment = fields.get("general.alignment", _DEFAULT_ALIGNMENT)
         if len({info[0] for info in infos}) != len(infos):
             raise ValueError("duplicate tensor names")
+        alignment = fields.get("general.alignment", _DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"general.alignment {alignment!r}")
         data_start = -(-cur.pos // alignment) * alignment
