@@ -5,7 +5,10 @@ cached) and exported with the adapter merged to every type asked for; each GGUF 
 same questions as the HF model. Besides accuracy (overall and per task kind) it prints the mean
 log-likelihood of the right answers, which moves before accuracy does, and the weight error of
 the type: ||W_q - W|| / ||W|| over the GGUF's matrices, against the F16 export (for a noise
-row, over the matrices the noise was added to). ``--noise`` adds
+row, over the matrices the noise was added to), and how far each type's next-token distributions
+move from F16's on held-out corpus text: the mean KL divergence and the share of positions whose
+top token stays the same, as llama.cpp's ``llama-perplexity --kl-divergence`` reports them; those
+move long before accuracy does. ``--noise`` adds
 Gaussian noise of that share of each matrix's std to every transformer-block matrix of the HF
 model (not the embeddings or the output head) and scores again: how much weight error the
 model's learned function tolerates at all, which is what decides whether Q2_K's errors show.
@@ -20,6 +23,7 @@ import argparse
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _common import reproduce_line
 
@@ -29,13 +33,33 @@ from haqa.tasks import MCExample
 from haqa.tools.evaluate import build_requests, hf_logliks, load_examples, load_hf, score
 from haqa.tools.export_gguf import Args as ExportArgs
 from haqa.tools.export_gguf import export_gguf
-from haqa.tools.gguf_loglik import gguf_continuation_logprobs
+from haqa.tools.gguf_loglik import gguf_continuation_logprobs, gguf_token_distributions
 from haqa.tools.run_qlora import Args as QloraArgs
 from haqa.tools.run_qlora import run_qlora
+from haqa.zoo import corpus
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 #: The accuracy test's fine-tune (tests/test_deployed_accuracy.py), so the adapter is shared.
 FINETUNE = FinetuneConfig(learning_rate=5e-3, max_steps=60)
 BLOCK_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Held-out prose for the KL divergence: a corpus seed the build never draws from (it uses the
+#: model's seed for the tokenizer and seed + 1 for the training text).
+KL_TEXT_SEED = 12345
+KL_TEXTS = 40
+
+
+def _divergence(ref: list[NDArray[np.float64]], other: list[NDArray[np.float64]]) -> str:
+    """Mean KL(ref || other) per position and the top-token agreement, as table cells."""
+    import numpy as np
+
+    kl = np.concatenate(
+        [(np.exp(p) * (p - q)).sum(axis=1) for p, q in zip(ref, other, strict=True)]
+    )
+    same = np.concatenate([p.argmax(1) == q.argmax(1) for p, q in zip(ref, other, strict=True)])
+    return f"{float(kl.mean()):.5f} | {100 * float(same.mean()):6.2f}"
 
 
 def _weight_error(gguf_path: Path, f16_path: Path) -> float:
@@ -62,6 +86,7 @@ def _row(
     w_err: float | None,
     examples: Sequence[MCExample],
     lls: list[float],
+    divergence: str = "      - |      -",
 ) -> str:
     acc, _, per_kind = score(examples, lls)
     right, i = [], 0
@@ -72,7 +97,9 @@ def _row(
     size = f"{size_mib:7.1f}" if size_mib is not None else "      -"
     err = f"{w_err:.3f}" if w_err is not None else "    -"
     mean_right = statistics.fmean(right)
-    return f"| {name:<14} | {size} | {err} | {acc:.3f} | {mean_right:8.3f} | {kinds} |"
+    return (
+        f"| {name:<14} | {size} | {err} | {acc:.3f} | {mean_right:8.3f} | {divergence} | {kinds} |"
+    )
 
 
 def main() -> int:
@@ -90,8 +117,8 @@ def main() -> int:
     examples = load_examples(tasks)
     requests = build_requests(examples)
     print(f"{len(examples)} {args.split} questions; adapter {adapter.name}")
-    print("| model          | MiB     | w err | acc   | right ll | per kind |")
-    print("|---|---|---|---|---|---|")
+    print("| model | MiB | w err | acc | right ll | KLD vs F16 | same top % | per kind |")
+    print("|---|---|---|---|---|---|---|---|")
     hf, tokenizer = load_hf(model, adapter)
     lls = hf_logliks(hf, tokenizer, requests, 32)
     print(_row("HF+adapter", None, None, examples, lls), flush=True)
@@ -112,12 +139,16 @@ def main() -> int:
         lls = hf_logliks(noisy, tokenizer, requests, 32)
         print(_row(f"HF+noise {share:g}σ", None, (err / total) ** 0.5, examples, lls), flush=True)
 
+    texts = list(corpus.documents(KL_TEXT_SEED, KL_TEXTS))
+    f16 = export_gguf(ExportArgs(model=model, adapter=adapter, quant_type="F16")).gguf_path
+    reference = gguf_token_distributions(f16, texts)
     for quant in args.quants.split(","):
         out = export_gguf(ExportArgs(model=model, adapter=adapter, quant_type=quant.strip()))
         lls = gguf_continuation_logprobs(out.gguf_path, requests)
         w_err = _weight_error(out.gguf_path, out.base_gguf_path)
         size_mib = out.size_bytes / 2**20
-        print(_row(out.quant_type, size_mib, w_err, examples, lls), flush=True)
+        divergence = _divergence(reference, gguf_token_distributions(out.gguf_path, texts))
+        print(_row(out.quant_type, size_mib, w_err, examples, lls, divergence), flush=True)
     print(reproduce_line())
     return 0
 

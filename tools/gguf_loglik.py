@@ -14,11 +14,15 @@ import ctypes
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 class Args(BaseModel):
@@ -120,7 +124,27 @@ class _Model:
             total += self._logprob(i, tokens[pos + 1])
         return total
 
-    def _logprob(self, i: int, target: int) -> float:
+    def distributions(self, tokens: list[int]) -> NDArray[np.float64]:
+        """log p(· | tokens[:i]) over the vocabulary for i in [1, len(tokens)): one row each."""
+        import numpy as np
+
+        self.lib.llama_memory_seq_rm(self.mem, 0, 0, -1)
+        self.cached = []
+        todo = tokens[:-1]
+        b = self.batch
+        for i, tok in enumerate(todo):
+            b.token[i] = tok
+            b.pos[i] = i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1
+        b.n_tokens = len(todo)
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed while scoring")
+        self.cached = list(todo)
+        return np.stack([self._log_softmax(i) for i in range(len(todo))])
+
+    def _log_softmax(self, i: int) -> NDArray[np.float64]:
         import numpy as np
 
         ptr = self.lib.llama_get_logits_ith(self.ctx, i)
@@ -128,7 +152,11 @@ class _Model:
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
         ).astype(np.float64)
         m = float(logits.max())
-        return float(logits[target] - m - math.log(float(np.exp(logits - m).sum())))
+        out: NDArray[np.float64] = logits - m - math.log(float(np.exp(logits - m).sum()))
+        return out
+
+    def _logprob(self, i: int, target: int) -> float:
+        return float(self._log_softmax(i)[target])
 
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)
@@ -167,6 +195,26 @@ def gguf_continuation_logprobs(
         for i in order:
             tokens, first = encoded[i]
             out[i] = model.score(tokens, max(first, 1))
+        return out
+    finally:
+        model.close()
+
+
+def gguf_token_distributions(
+    gguf_path: Path, texts: list[str], *, n_threads: int | None = None, n_ctx: int = 512
+) -> list[NDArray[np.float64]]:
+    """For each text (BOS added, the tail kept past ``n_ctx``): the model's log-probabilities
+    over the whole vocabulary at every position, ``[n_tokens - 1, n_vocab]``. Two quant types of
+    one model tokenize alike, so their rows compare position by position: the KL divergence and
+    top-token agreement that llama.cpp's ``llama-perplexity --kl-divergence`` reports."""
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
+    try:
+        out = []
+        for text in texts:
+            tokens = model.tokenize(text)[-(n_ctx + 1) :]
+            if len(tokens) < 2:
+                raise HaqaError(f"text {text!r} has fewer than 2 tokens: nothing to predict")
+            out.append(model.distributions(tokens))
         return out
     finally:
         model.close()
