@@ -23,7 +23,6 @@ import argparse
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from _common import reproduce_line
 
@@ -33,14 +32,14 @@ from haqa.tasks import MCExample
 from haqa.tools.evaluate import build_requests, hf_logliks, load_examples, load_hf, score
 from haqa.tools.export_gguf import Args as ExportArgs
 from haqa.tools.export_gguf import export_gguf
-from haqa.tools.gguf_loglik import gguf_continuation_logprobs, gguf_token_distributions
+from haqa.tools.gguf_loglik import (
+    divergence,
+    gguf_continuation_logprobs,
+    gguf_token_distributions,
+)
 from haqa.tools.run_qlora import Args as QloraArgs
 from haqa.tools.run_qlora import run_qlora
 from haqa.zoo import corpus
-
-if TYPE_CHECKING:
-    import numpy as np
-    from numpy.typing import NDArray
 
 #: The accuracy test's fine-tune (tests/test_deployed_accuracy.py), so the adapter is shared.
 FINETUNE = FinetuneConfig(learning_rate=5e-3, max_steps=60)
@@ -49,17 +48,6 @@ BLOCK_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 #: model's seed for the tokenizer and seed + 1 for the training text).
 KL_TEXT_SEED = 12345
 KL_TEXTS = 40
-
-
-def _divergence(ref: list[NDArray[np.float64]], other: list[NDArray[np.float64]]) -> str:
-    """Mean KL(ref || other) per position and the top-token agreement, as table cells."""
-    import numpy as np
-
-    kl = np.concatenate(
-        [(np.exp(p) * (p - q)).sum(axis=1) for p, q in zip(ref, other, strict=True)]
-    )
-    same = np.concatenate([p.argmax(1) == q.argmax(1) for p, q in zip(ref, other, strict=True)])
-    return f"{float(kl.mean()):.5f} | {100 * float(same.mean()):6.2f}"
 
 
 def _weight_error(gguf_path: Path, f16_path: Path) -> float:
@@ -147,8 +135,9 @@ def main() -> int:
         lls = gguf_continuation_logprobs(out.gguf_path, requests)
         w_err = _weight_error(out.gguf_path, out.base_gguf_path)
         size_mib = out.size_bytes / 2**20
-        divergence = _divergence(reference, gguf_token_distributions(out.gguf_path, texts))
-        print(_row(out.quant_type, size_mib, w_err, examples, lls, divergence), flush=True)
+        kl, same = divergence(reference, gguf_token_distributions(out.gguf_path, texts))
+        cells = f"{kl:.5f} | {100 * same:6.2f}"
+        print(_row(out.quant_type, size_mib, w_err, examples, lls, cells), flush=True)
     print(reproduce_line())
     return 0
 

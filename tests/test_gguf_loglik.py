@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
+from haqa.errors import HaqaError
 from haqa.tools.export_gguf import Args, export_gguf
 from haqa.tools.gguf_loglik import (
     _Model,
+    divergence,
     gguf_continuation_logprobs,
     gguf_token_distributions,
     split_request,
@@ -80,18 +81,10 @@ def test_order_and_kv_reuse_do_not_change_results(tiny_model: Path) -> None:
 TEXTS = ["8 plus 5 makes 13. counting up from 7: 7, 8, 9, 10.", "the biggest of 31 and 4 is 31."]
 
 
-def _kl(ref: list[NDArray[np.float64]], other: list[NDArray[np.float64]]) -> float:
-    """Mean KL(ref || other) per position, as llama-perplexity --kl-divergence reports it."""
-    rows = [(np.exp(p) * (p - q)).sum(axis=1) for p, q in zip(ref, other, strict=True)]
-    return float(np.concatenate(rows).mean())
-
-
 def test_token_distributions_agree_with_scoring_and_order_quant_types(tiny_model: Path) -> None:
     """Each row is a distribution over the vocabulary whose entry at the next token is the
     continuation scorer's log-prob; and the further a type rounds the weights, the further its
     distributions move from F16's: Q8_0 barely, Q2_K by far more."""
-    import numpy as np
-
     paths = {
         q: export_gguf(Args(model=tiny_model, quant_type=q)).gguf_path
         for q in ("F16", "Q8_0", "Q2_K")
@@ -108,5 +101,13 @@ def test_token_distributions_agree_with_scoring_and_order_quant_types(tiny_model
         assert np.allclose(np.exp(rows).sum(axis=1), 1.0, atol=1e-6)
         got = sum(rows[i, tokens[i + 1]] for i in range(len(tokens) - 1))
         assert abs(got - want) < 1e-3, (got, want)
-    kl_q8, kl_q2 = _kl(dists["F16"], dists["Q8_0"]), _kl(dists["F16"], dists["Q2_K"])
+    (kl_q8, same_q8), (kl_q2, same_q2) = (
+        divergence(dists["F16"], dists[q]) for q in ("Q8_0", "Q2_K")
+    )
     assert 0 < kl_q8 < kl_q2 / 10, (kl_q8, kl_q2)
+    assert same_q2 < same_q8 <= 1.0
+    assert divergence(dists["Q8_0"], dists["Q8_0"]) == (0.0, 1.0)
+    with pytest.raises(HaqaError, match="same texts"):
+        divergence(dists["F16"], dists["Q8_0"][::-1])
+    with pytest.raises(HaqaError, match="fewer than 2 tokens"):
+        gguf_token_distributions(paths["Q8_0"], [""], n_threads=1)

@@ -115,3 +115,20 @@ def test_ensure_reuses_the_built_model(tiny_model: Path) -> None:
     assert [f.stem for f in files] == sorted(tasks_gen.KINDS)
     meta = json.loads((tiny_model / "haqa-zoo.json").read_text())
     assert meta["architecture"] == "LlamaForCausalLM"
+
+
+def test_a_tiny_model_from_an_older_recipe_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached tiny model whose recorded spec is not today's TinySpec counts as not built, so
+    ``ensure`` rebuilds it instead of serving a model the docs no longer describe."""
+    monkeypatch.setenv("HAQA_HOME", str(tmp_path))
+    folder = zoo.zoo_path("tiny")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert not zoo.is_built("tiny")  # no haqa-zoo.json: not a finished build
+    current = TinySpec().model_dump()
+    older = {k: v for k, v in current.items() if k != "embedding_init_std"}
+    for spec, built in ((older, False), ({**current, "steps": 1}, False), (current, True)):
+        (folder / zoo_build.METADATA_FILE).write_text(json.dumps({"spec": spec}))
+        assert zoo.is_built("tiny") is built, spec

@@ -128,9 +128,11 @@ class _Model:
         """log p(· | tokens[:i]) over the vocabulary for i in [1, len(tokens)): one row each."""
         import numpy as np
 
+        todo = tokens[:-1]
+        if not 1 <= len(todo) <= self.n_ctx:
+            raise HaqaError(f"{len(tokens)} tokens: need 2 to {self.n_ctx + 1} (n_ctx + 1)")
         self.lib.llama_memory_seq_rm(self.mem, 0, 0, -1)
         self.cached = []
-        todo = tokens[:-1]
         b = self.batch
         for i, tok in enumerate(todo):
             b.token[i] = tok
@@ -140,7 +142,7 @@ class _Model:
             b.logits[i] = 1
         b.n_tokens = len(todo)
         if self.lib.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed while scoring")
+            raise RuntimeError("llama_decode failed while computing distributions")
         self.cached = list(todo)
         return np.stack([self._log_softmax(i) for i in range(len(todo))])
 
@@ -205,8 +207,9 @@ def gguf_token_distributions(
 ) -> list[NDArray[np.float64]]:
     """For each text (BOS added, the tail kept past ``n_ctx``): the model's log-probabilities
     over the whole vocabulary at every position, ``[n_tokens - 1, n_vocab]``. Two quant types of
-    one model tokenize alike, so their rows compare position by position: the KL divergence and
-    top-token agreement that llama.cpp's ``llama-perplexity --kl-divergence`` reports."""
+    one model tokenize alike, so their rows compare position by position (``divergence``).
+    Rows are float64, ``n_vocab`` wide: meant for short texts (a 512-token text at a 128k
+    vocabulary takes 0.5 GB)."""
     model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
     try:
         out = []
@@ -218,6 +221,22 @@ def gguf_token_distributions(
         return out
     finally:
         model.close()
+
+
+def divergence(
+    reference: list[NDArray[np.float64]], other: list[NDArray[np.float64]]
+) -> tuple[float, float]:
+    """``(mean KL(reference || other) per position, share of positions with the same top
+    token)`` over two models' ``gguf_token_distributions`` of the same texts: what llama.cpp's
+    ``llama-perplexity --kl-divergence`` reports as mean KLD and "same top p"."""
+    import numpy as np
+
+    if [r.shape for r in reference] != [o.shape for o in other]:
+        raise HaqaError("the two models' distributions differ in shape: score the same texts")
+    pairs = list(zip(reference, other, strict=True))
+    kl = np.concatenate([(np.exp(p) * (p - q)).sum(axis=1) for p, q in pairs])
+    same = np.concatenate([p.argmax(axis=1) == q.argmax(axis=1) for p, q in pairs])
+    return float(kl.mean()), float(same.mean())
 
 
 def gguf_loglik(args: Args) -> Result:

@@ -32,10 +32,27 @@ def zoo_path(name: str) -> Path:
 
 
 def is_built(name: str) -> bool:
+    """Whether the model is in the cache, as this version builds it. A tiny model whose recorded
+    recipe (``haqa-zoo.json``'s spec) differs from today's ``TinySpec`` was built by an older
+    haqa: it counts as not built, so ``ensure`` replaces it rather than serve a model that the
+    docs and tests no longer describe."""
     path = zoo_path(name)
     if name == "tiny":
-        return (path / "config.json").is_file()
+        return (path / "config.json").is_file() and _tiny_recipe_is_current(path)
     return any(path.glob("*.gguf"))  # the bench shapes are kept as a GGUF file only
+
+
+def _tiny_recipe_is_current(path: Path) -> bool:
+    import json
+
+    from haqa.zoo.build import METADATA_FILE
+    from haqa.zoo.pretrain import TinySpec
+
+    try:
+        recorded = json.loads((path / METADATA_FILE).read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(recorded == TinySpec().model_dump())
 
 
 def ensure(name: str, *, force: bool = False, progress: BuildProgress | None = None) -> Path:

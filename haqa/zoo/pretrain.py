@@ -105,9 +105,10 @@ def build_model(spec: TinySpec, *, bos_id: int, eos_id: int, pad_id: int) -> Lla
     what each block writes into the residual stream, and its output head starts with near-uniform
     logits; a larger embedding and head scale is what Gemma (embeddings times sqrt(hidden)) and
     muP (an embedding multiplier) do for the same reason. Measured on the CPU with the same seed,
-    data and 150 s: final loss 0.59 instead of 1.03, and the fine-tuned test accuracy 0.69 instead
-    of 0.42 (the base 0.27). Only both together help: either alone gave a held-out loss of 0.95 and
-    0.99 after 120 steps, both 0.75, neither 1.19; 0.05 gave 0.96, 0.3 gave 0.82."""
+    data and 150 s: final loss about 0.6 instead of 1.03, and the fine-tuned test accuracy 0.65 to
+    0.69 instead of 0.42. Held-out loss after 120 steps: 1.19 at 0.02; 0.95 with only the
+    embedding at 0.1, 0.99 with only the head; 0.75 with both; both at 0.05: 0.96, at 0.3: 0.82.
+    The padding row (EOS here) stays zero, as transformers initialises it: it gets no gradient."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -128,7 +129,9 @@ def build_model(spec: TinySpec, *, bos_id: int, eos_id: int, pad_id: int) -> Lla
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, spec.embedding_init_std)
+        embedding = model.get_input_embeddings().weight
+        embedding.normal_(0.0, spec.embedding_init_std)
+        embedding[pad_id].zero_()
         model.get_output_embeddings().weight.normal_(0.0, spec.embedding_init_std)
     return model
 
