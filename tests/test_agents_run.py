@@ -208,6 +208,9 @@ def test_kill_mid_trial_then_resume_keeps_every_finished_trial(
         "--finetune-trials", "2", "--deploy-trials", "1", "--finetune-steps", "20",
         "--eval-limit", "20", "--n-prompt", "32", "--n-gen", "8", "--repetitions", "1",
         "--report-dir", str(tmp_path / "report"),
+        # The goal is not under test here: at 20 questions a kind one answer moves accuracy by
+        # 1.7 points, so a tight goal would make the exit code depend on the model's quantization.
+        "--max-accuracy-drop", "50",
     ]  # fmt: skip
     proc = _haqa(*args, env=env)
     store = Store(db)
