@@ -104,17 +104,7 @@ class _Model:
         self.lib.llama_memory_seq_rm(self.mem, 0, keep, -1)
         self.cached = self.cached[:keep]
         todo = tokens[keep:-1]  # the last token is only predicted, never fed
-        b = self.batch
-        for i, tok in enumerate(todo):
-            pos = keep + i
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1 if pos >= first - 1 else 0
-        b.n_tokens = len(todo)
-        if self.lib.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed while scoring")
+        self._decode(todo, keep, first - 1)
         self.cached = tokens[:-1]
         total = 0.0
         for i in range(len(todo)):
@@ -133,18 +123,24 @@ class _Model:
             raise HaqaError(f"{len(tokens)} tokens: need 2 to {self.n_ctx + 1} (n_ctx + 1)")
         self.lib.llama_memory_seq_rm(self.mem, 0, 0, -1)
         self.cached = []
-        b = self.batch
-        for i, tok in enumerate(todo):
-            b.token[i] = tok
-            b.pos[i] = i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1
-        b.n_tokens = len(todo)
-        if self.lib.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed while computing distributions")
+        self._decode(todo, 0, 0)
         self.cached = list(todo)
         return np.stack([self._log_softmax(i) for i in range(len(todo))])
+
+    def _decode(self, todo: list[int], start: int, first_logit: int) -> None:
+        """Feed ``todo`` at positions ``start...`` of sequence 0, with logits kept from position
+        ``first_logit`` on."""
+        b = self.batch
+        for i, tok in enumerate(todo):
+            pos = start + i
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1 if pos >= first_logit else 0
+        b.n_tokens = len(todo)
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
 
     def _log_softmax(self, i: int) -> NDArray[np.float64]:
         import numpy as np
