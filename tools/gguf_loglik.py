@@ -50,7 +50,7 @@ def split_request(context: str, continuation: str) -> tuple[str, str]:
 class _Model:
     """A llama.cpp model and context with all-token logits, freed on ``close``."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, f32_attention: bool = False) -> None:
         import llama_cpp
 
         from haqa.tools.benchmark_llamacpp import extra_bufts_safe
@@ -74,6 +74,11 @@ class _Model:
         cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
+        if f32_attention:
+            # llama.cpp's defaults round K, V (and, in flash attention, Q and the V sums) to F16;
+            # with large attention logits that moves log-probs by more than F32 weights do.
+            cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_F32
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -168,12 +173,18 @@ def gguf_continuation_logprobs(
     *,
     n_threads: int | None = None,
     n_ctx: int = 512,
+    f32_attention: bool = False,
 ) -> list[float]:
     """For each (context, continuation): the sum of the log-probabilities of the continuation's
-    tokens given the context, under the GGUF model (llama.cpp on the CPU)."""
+    tokens given the context, under the GGUF model (llama.cpp on the CPU).
+
+    Attention runs as llama.cpp runs it by default (F16 K/V cache, flash attention where it
+    chooses), which is what a deployment runs. ``f32_attention`` keeps K/V in F32 with flash
+    attention off, so that attention computes in F32 as torch does: for checks against the HF
+    model, where the F16 cache's rounding would otherwise be part of the difference."""
     if not requests:
         return []
-    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, f32_attention)
     try:
         encoded: list[tuple[list[int], int]] = []
         for context, continuation in requests:
