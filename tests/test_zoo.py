@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from haqa import zoo
+from haqa.cli import main
 from haqa.errors import HaqaError
 from haqa.zoo import build as zoo_build
 from haqa.zoo import corpus, tasks_gen
@@ -118,7 +119,7 @@ def test_ensure_reuses_the_built_model(tiny_model: Path) -> None:
 
 
 def test_a_tiny_model_from_an_older_recipe_is_not_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A cached tiny model whose recorded spec is not today's TinySpec counts as not built, so
     ``ensure`` rebuilds it instead of serving a model the docs no longer describe."""
@@ -132,3 +133,9 @@ def test_a_tiny_model_from_an_older_recipe_is_not_served(
     for spec, built in ((older, False), ({**current, "steps": 1}, False), (current, True)):
         (folder / zoo_build.METADATA_FILE).write_text(json.dumps({"spec": spec}))
         assert zoo.is_built("tiny") is built, spec
+        assert zoo.is_stale("tiny") is not built, spec
+        capsys.readouterr()
+        assert main(["zoo", "list", "--json"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        row = next(r for r in rows if r["name"] == "tiny")
+        assert (row["built"], row["stale"]) == (built, not built)

@@ -75,17 +75,25 @@ def _parameters(path: Path) -> int | None:
 def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
-    """List the zoo models: whether built, where, and their size."""
+    """List the zoo models: whether built (or stale: built by an older recipe, rebuilt on next
+    use), where, and their size."""
     from haqa import zoo
 
     rows: list[dict[str, object]] = []
     for name in zoo.ZOO_NAMES:
         path = zoo.zoo_path(name)
-        built = zoo.is_built(name)
+        built, stale = zoo.is_built(name), zoo.is_stale(name)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if built else None
         params = _parameters(path) if built else None
         rows.append(
-            {"name": name, "built": built, "path": str(path), "bytes": size, "parameters": params}
+            {
+                "name": name,
+                "built": built,
+                "stale": stale,
+                "path": str(path),
+                "bytes": size,
+                "parameters": params,
+            }
         )
     if as_json:
         for row in rows:
@@ -98,7 +106,7 @@ def list_command(
         n_params, n_bytes = row["parameters"], row["bytes"]
         table.add_row(
             str(row["name"]),
-            "yes" if row["built"] else "no",
+            "yes" if row["built"] else "stale (rebuilt on next use)" if row["stale"] else "no",
             f"{n_params / 1e6:.1f}M" if isinstance(n_params, int) else "-",
             format_bytes(n_bytes) if isinstance(n_bytes, int) else "-",
             str(row["path"]),

@@ -42,6 +42,12 @@ def is_built(name: str) -> bool:
     return any(path.glob("*.gguf"))  # the bench shapes are kept as a GGUF file only
 
 
+def is_stale(name: str) -> bool:
+    """Whether a finished build from an older recipe is in the cache: ``ensure`` will replace it."""
+    path = zoo_path(name)
+    return name == "tiny" and (path / "config.json").is_file() and not is_built(name)
+
+
 def _tiny_recipe_is_current(path: Path) -> bool:
     import json
 
