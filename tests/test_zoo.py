@@ -133,7 +133,7 @@ def test_a_tiny_model_from_an_older_recipe_is_not_served(
     for spec, built in ((older, False), ({**current, "steps": 1}, False), (current, True)):
         (folder / zoo_build.METADATA_FILE).write_text(json.dumps({"spec": spec}))
         assert zoo.is_built("tiny") is built, spec
-        assert zoo.is_stale("tiny") is not built, spec
+        assert (zoo.status("tiny") == "stale") is not built, spec
         capsys.readouterr()
         assert main(["zoo", "list", "--json"]) == 0
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

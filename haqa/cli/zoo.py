@@ -82,14 +82,15 @@ def list_command(
     rows: list[dict[str, object]] = []
     for name in zoo.ZOO_NAMES:
         path = zoo.zoo_path(name)
-        built, stale = zoo.is_built(name), zoo.is_stale(name)
+        state = zoo.status(name)
+        built = state == "built"
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if built else None
         params = _parameters(path) if built else None
         rows.append(
             {
                 "name": name,
                 "built": built,
-                "stale": stale,
+                "stale": state == "stale",
                 "path": str(path),
                 "bytes": size,
                 "parameters": params,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from haqa.errors import HaqaError
 from haqa.paths import zoo_dir
@@ -31,21 +32,21 @@ def zoo_path(name: str) -> Path:
     return zoo_dir() / name
 
 
-def is_built(name: str) -> bool:
-    """Whether the model is in the cache, as this version builds it. A tiny model whose recorded
+def status(name: str) -> Literal["built", "stale", "missing"]:
+    """Whether the model is in the cache as this version builds it. A tiny model whose recorded
     recipe (``haqa-zoo.json``'s spec) differs from today's ``TinySpec`` was built by an older
-    haqa: it counts as not built, so ``ensure`` replaces it rather than serve a model that the
-    docs and tests no longer describe."""
+    haqa: it is stale, so ``ensure`` replaces it rather than serve a model that the docs and
+    tests no longer describe."""
     path = zoo_path(name)
-    if name == "tiny":
-        return (path / "config.json").is_file() and _tiny_recipe_is_current(path)
-    return any(path.glob("*.gguf"))  # the bench shapes are kept as a GGUF file only
+    if name != "tiny":  # the bench shapes are kept as a GGUF file only
+        return "built" if any(path.glob("*.gguf")) else "missing"
+    if not (path / "config.json").is_file():
+        return "missing"
+    return "built" if _tiny_recipe_is_current(path) else "stale"
 
 
-def is_stale(name: str) -> bool:
-    """Whether a finished build from an older recipe is in the cache: ``ensure`` will replace it."""
-    path = zoo_path(name)
-    return name == "tiny" and (path / "config.json").is_file() and not is_built(name)
+def is_built(name: str) -> bool:
+    return status(name) == "built"
 
 
 def _tiny_recipe_is_current(path: Path) -> bool:
