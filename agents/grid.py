@@ -179,8 +179,8 @@ class TabularToolbox:
         return TrialMetrics(accuracy=point.get("accuracy"))
 
     def _first_of(self, quant: str) -> dict[str, Any]:
-        """The first recorded measurement of any configuration of this quant type (its accuracy
-        does not depend on the runtime settings)."""
+        """The first recorded measurement of any configuration of this quant type (a grid keeps
+        the K/V cache at f16, so accuracy depends on the type alone)."""
         for point in iter_grid_configs(self.grid.space):
             if point["quant_type"] == quant:
                 return self._lookup(point)[0]

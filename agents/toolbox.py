@@ -2,8 +2,8 @@
 
 ``LiveToolbox`` composes the real tools (fine-tune, evaluate, export, quantize, benchmark, probe,
 estimate); a recorded grid can stand behind the same interface. Each method does its work once:
-artifacts are cached by the tools themselves, and measurements that do not depend on the runtime
-settings (a quant type's deployed accuracy) are cached here per run.
+artifacts are cached by the tools themselves, and a deployment's accuracy, which of its runtime
+settings only the K/V cache types change, is cached here per (quant type, K/V cache types).
 
 The joint study follows the paper: the deploy stage starts from the best fine-tuned adapter and
 measures deployed accuracy on each quantized GGUF of it. With a separate *speed model* (a
@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+from haqa.schemas import (
+    DeployConfig,
+    FinetuneConfig,
+    KvCacheSettings,
+    RuntimeSettings,
+    TrialMetrics,
+)
 
 
 class ToolboxSettings(BaseModel):
@@ -70,7 +76,7 @@ class LiveToolbox:
 
     def __init__(self, settings: ToolboxSettings) -> None:
         self.s = settings
-        self._accuracy_by_quant: dict[tuple[str | None, str], float] = {}
+        self._accuracy_by_quant: dict[tuple[str | None, str, KvCacheSettings], float] = {}
         self._bandwidth: float | None = None
 
     # -- hardware --------------------------------------------------------------------------
@@ -97,11 +103,23 @@ class LiveToolbox:
 
     # -- accuracy side ---------------------------------------------------------------------
 
-    def _evaluate(self, model: Path, adapter: Path | None, files: list[Path]) -> TrialMetrics:
+    def _evaluate(
+        self,
+        model: Path,
+        adapter: Path | None,
+        files: list[Path],
+        kv_cache: KvCacheSettings | None = None,
+    ) -> TrialMetrics:
         from haqa.tools.evaluate import Args, evaluate
 
         result = evaluate(
-            Args(model=model, adapter=adapter, task_files=files, limit=self.s.eval_limit)
+            Args(
+                model=model,
+                adapter=adapter,
+                task_files=files,
+                limit=self.s.eval_limit,
+                kv_cache=kv_cache,
+            )
         )
         return TrialMetrics(
             accuracy=result.accuracy,
@@ -153,18 +171,23 @@ class LiveToolbox:
             QuantizeArgs(gguf=self.s.speed_model, quant_type=quant_type)  # type: ignore[arg-type]
         ).gguf_path
 
-    def _deployed_accuracy(self, adapter: str | None, quant_type: str) -> float:
-        """Validation accuracy of the GGUF of this type, measured once: cached in memory and on
-        disk (keyed by the content-addressed GGUF and the task files), so neither a second
-        runtime setting of the same type nor a resumed run evaluates it again."""
-        key = (adapter, quant_type)
+    def _deployed_accuracy(
+        self, adapter: str | None, quant_type: str, kv_cache: KvCacheSettings | None = None
+    ) -> float:
+        """Validation accuracy of the GGUF of this type with these K/V cache types (default f16),
+        measured once: cached in memory and on disk (keyed by the content-addressed GGUF, the
+        cache types and the task files), so neither a second runtime setting with the same
+        weights and cache nor a resumed run evaluates it again. Threads and batches change only
+        speed; a q8_0 or q4_0 cache changes the answers, so it is scored as it deploys."""
+        kv = kv_cache or KvCacheSettings()
+        key = (adapter, quant_type, kv)
         if key not in self._accuracy_by_quant:
             gguf = self._gguf(adapter, quant_type)
-            cache = self._eval_cache_path(gguf, self.s.validation_files)
+            cache = self._eval_cache_path(gguf, self.s.validation_files, kv)
             if cache.is_file():
                 self._accuracy_by_quant[key] = float(json.loads(cache.read_text())["accuracy"])
             else:
-                scored = self._evaluate(gguf, None, self.s.validation_files)
+                scored = self._evaluate(gguf, None, self.s.validation_files, kv)
                 self._accuracy_by_quant[key] = float(scored.accuracy or 0.0)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
@@ -172,7 +195,9 @@ class LiveToolbox:
                 tmp.replace(cache)
         return self._accuracy_by_quant[key]
 
-    def _eval_cache_path(self, gguf: Path, files: list[Path]) -> Path:
+    def _eval_cache_path(
+        self, gguf: Path, files: list[Path], kv_cache: KvCacheSettings | None = None
+    ) -> Path:
         from haqa.paths import artifacts_dir
 
         h = hashlib.sha256(str(gguf.resolve()).encode())
@@ -180,6 +205,8 @@ class LiveToolbox:
         for f in files:
             h.update(f.read_bytes())
         h.update(str(self.s.eval_limit).encode())
+        if kv_cache is not None and kv_cache != KvCacheSettings():
+            h.update(kv_cache.model_dump_json().encode())  # f16 keeps its earlier key
         return artifacts_dir() / "evals" / f"{h.hexdigest()[:24]}.json"
 
     def reference(self, adapter: str | None) -> TrialMetrics:
@@ -218,7 +245,9 @@ class LiveToolbox:
         )
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-        accuracy = self._deployed_accuracy(adapter, config.quant_type)
+        accuracy = self._deployed_accuracy(
+            adapter, config.quant_type, KvCacheSettings.deployed(config.runtime)
+        )
         speed = self._benchmark(self._speed_gguf(adapter, config.quant_type), config.runtime)
         return TrialMetrics(**{**speed.model_dump(), "accuracy": accuracy})
 
@@ -227,7 +256,8 @@ class LiveToolbox:
 
     def final_test(self, config: DeployConfig, adapter: str | None) -> float:
         gguf = self._gguf(adapter, config.quant_type)
-        return float(self._evaluate(gguf, None, self.s.test_files).accuracy or 0.0)
+        kv = KvCacheSettings.deployed(config.runtime)
+        return float(self._evaluate(gguf, None, self.s.test_files, kv).accuracy or 0.0)
 
     # -- memory gate -----------------------------------------------------------------------
 

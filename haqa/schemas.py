@@ -41,6 +41,8 @@ GgufQuantType = Literal[
 GGUF_QUANT_TYPES: tuple[str, ...] = get_args(GgufQuantType)
 #: KV-cache element types llama.cpp accepts for ``type_k`` / ``type_v``.
 KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+#: K/V cache types that store full-precision floats; the others are block-quantized.
+FLOAT_KV_CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16")
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "q_proj",
@@ -107,13 +109,52 @@ class RuntimeSettings(Strict):
         if self.n_ubatch > self.n_batch:
             raise ValueError(f"n_ubatch ({self.n_ubatch}) must be <= n_batch ({self.n_batch})")
         # A quantized V cache needs flash attention in llama.cpp; without it the context fails.
-        if self.type_v not in ("f16", "f32", "bf16") and not self.flash_attn:
+        if self.type_v not in FLOAT_KV_CACHE_TYPES and not self.flash_attn:
             raise ValueError(f"type_v={self.type_v} needs flash_attn=true")
         return self
 
     @property
     def threads_batch(self) -> int:
         return self.n_threads_batch or self.n_threads
+
+
+class KvCacheSettings(Strict):
+    """How llama.cpp keeps K and V while a GGUF is scored: besides the weights, the one runtime
+    setting that changes what a deployment answers (a q4_0 cache rounds every key and value to
+    4 bits). Threads and batches change only speed."""
+
+    type_k: KvCacheType = Field("f16", description="KV-cache K element type")
+    type_v: KvCacheType = Field("f16", description="KV-cache V element type")
+    flash_attn: bool | None = Field(
+        None,
+        description="fused attention; None: llama.cpp decides, and on when type_v is quantized",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KvCacheSettings:
+        if self.type_v not in FLOAT_KV_CACHE_TYPES and self.flash_attn is False:
+            raise ValueError(f"type_v={self.type_v} needs flash attention")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.type_k not in FLOAT_KV_CACHE_TYPES or self.type_v not in FLOAT_KV_CACHE_TYPES
+
+    @classmethod
+    def f32(cls) -> KvCacheSettings:
+        """Attention in F32, as torch computes it: F32 K/V, flash attention off (its kernel
+        rounds Q and the V sums to F16). For checks against the HF model."""
+        return cls(type_k="f32", type_v="f32", flash_attn=False)
+
+    @classmethod
+    def deployed(cls, runtime: RuntimeSettings) -> KvCacheSettings:
+        """The cache a deployment runs. Flash attention only where a quantized V needs it: with
+        float caches it reorders sums, not what is stored (measured: the same answers)."""
+        return cls(
+            type_k=runtime.type_k,
+            type_v=runtime.type_v,
+            flash_attn=True if runtime.type_v not in FLOAT_KV_CACHE_TYPES else None,
+        )
 
 
 class DeployConfig(RuntimeSettings):

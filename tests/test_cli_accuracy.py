@@ -10,6 +10,8 @@ import pytest
 
 from haqa.cli import main
 from haqa.store import Store
+from haqa.tools.export_gguf import Args as ExportArgs
+from haqa.tools.export_gguf import export_gguf
 
 
 def _trials(db: Path) -> list[dict[str, object]]:
@@ -91,7 +93,27 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
         "task without choices (eval)": ["eval", "--tasks", str(bad_task)],
         "adapter that is not one": ["eval", "--adapter", str(tmp_path)],
         "bad split": ["eval", "--split", "train"],
+        "cache type on a model folder": ["eval", "-ctk", "q8_0"],
     }
+
+
+@pytest.mark.slow
+def test_eval_of_a_gguf_scores_with_the_cache_types_asked(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gguf = export_gguf(ExportArgs(model=tiny_model, quant_type="Q4_K_M")).gguf_path
+    db = tmp_path / "h.duckdb"
+    argv = ["eval", "-m", str(gguf), "--limit", "4", "--db", str(db)]
+    assert main([*argv, "-ctk", "q4_0", "-ctv", "q4_0"]) == 0
+    (trial,) = _trials(db)
+    assert trial["stage"] == "deploy" and trial["status"] == "ok"
+    assert trial["config"]["type_k"] == trial["config"]["type_v"] == "q4_0"  # type: ignore[index]
+    capsys.readouterr()
+    for bad in (["-ctk", "q3_k"], ["-ctv", "f8"]):
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cache-type" in err, err
+    assert len(_trials(db)) == 1  # nothing stored, nothing lost
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The deployed artifact's accuracy: the fine-tuned tiny model exported to Q8_0 scores within 2
-points of the HF model with its adapter on the same tasks.
+points of the HF model with its adapter on the same tasks; a deployment's accuracy is scored with
+its own K/V cache types, once per weights and cache.
 
 Q2_K is measured and printed, not asserted: on the tiny model it is not visibly worse (340 test
 questions, a build of 300 steps: HF+adapter 0.650, Q8_0 0.647, Q4_K_M 0.653, Q3_K_M 0.656, Q2_K
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from haqa import zoo
-from haqa.schemas import FinetuneConfig
+from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
+from haqa.schemas import DeployConfig, FinetuneConfig, KvCacheSettings, TrialMetrics
 from haqa.tools.evaluate import Args as EvalArgs
 from haqa.tools.evaluate import evaluate
 from haqa.tools.export_gguf import Args as ExportArgs
@@ -44,3 +46,57 @@ def test_q8_0_keeps_the_hf_accuracy(tiny_model: Path) -> None:
         scores[quant] = evaluate(EvalArgs(model=gguf.gguf_path, task_files=tests)).accuracy
     print(f"HF+adapter {hf:.3f}, Q8_0 {scores['Q8_0']:.3f}, Q2_K {scores['Q2_K']:.3f}")
     assert abs(scores["Q8_0"] - hf) <= 0.02  # Q2_K: printed above, see the docstring
+
+
+class _ScoringSpy(LiveToolbox):
+    """The live toolbox, noting the K/V cache of every evaluation it runs."""
+
+    def __init__(self, settings: ToolboxSettings) -> None:
+        super().__init__(settings)
+        self.scored: list[KvCacheSettings | None] = []
+
+    def _evaluate(
+        self,
+        model: Path,
+        adapter: Path | None,
+        files: list[Path],
+        kv_cache: KvCacheSettings | None = None,
+    ) -> TrialMetrics:
+        self.scored.append(kv_cache)
+        return super()._evaluate(model, adapter, files, kv_cache)
+
+
+def test_a_deployment_is_scored_with_its_kv_cache_once(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tuner varies type_k/type_v; a q4_0 cache changes the answers (the fine-tuned tiny
+    model's Q4_K_M: 0.630 with an f16 cache, 0.618 with a q4_0 K cache, 560 questions), so its
+    accuracy is measured with that cache, and only once: other threads or batches reuse it, and
+    so does a resumed run (the disk cache)."""
+    splits = {s: zoo.task_files("tiny", s) for s in ("train", "validation", "test")}
+    monkeypatch.setenv("HAQA_HOME", str(tmp_path / "home"))  # an empty evaluation cache
+    settings = ToolboxSettings(
+        model=tiny_model,
+        train_files=splits["train"],
+        validation_files=splits["validation"],
+        test_files=splits["test"],
+        eval_limit=40,
+        n_prompt=16,
+        n_gen=4,
+        repetitions=1,
+    )
+    f16 = DeployConfig(quant_type="Q4_K_M", n_ctx=512)
+    q4 = f16.model_copy(update={"type_k": "q4_0", "type_v": "q4_0", "flash_attn": True})
+    q4_other_batch = q4.model_copy(update={"n_ubatch": 256})
+    box = _ScoringSpy(settings)
+    accuracy = [box.deploy(c, None).accuracy for c in (f16, q4, q4_other_batch)]
+    q4_cache = KvCacheSettings(type_k="q4_0", type_v="q4_0", flash_attn=True)
+    assert box.scored == [KvCacheSettings(), q4_cache]
+    gguf = export_gguf(ExportArgs(model=tiny_model, quant_type="Q4_K_M")).gguf_path
+    alone = evaluate(
+        EvalArgs(model=gguf, task_files=splits["validation"], limit=40, kv_cache=q4_cache)
+    )
+    assert accuracy[1] == accuracy[2] == alone.accuracy
+    resumed = _ScoringSpy(settings)
+    assert resumed.deploy(q4, None).accuracy == accuracy[1]
+    assert resumed.scored == []

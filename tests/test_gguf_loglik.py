@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from haqa.errors import HaqaError
+from haqa.schemas import KvCacheSettings
 from haqa.tools.export_gguf import Args, export_gguf
 from haqa.tools.gguf_loglik import (
     _Model,
@@ -64,12 +66,12 @@ def _hf_logprobs(
 
 
 #: Allowed difference per nat of the HF sum (a floor of 1 nat). With attention in F32
-#: (``f32_attention``) and the HF side rounded as llama.cpp rounds F16 weights and their inputs,
-#: what is left is summation order: measured at most 1e-6 per nat for F32 and 4e-5 for F16 on
-#: two zoo builds here (one trained under bf16 autocast, whose sharper attention made llama.cpp's
-#: default F16 K/V cache move F32 log-probs by 2e-4 per nat). Other CPUs take other F16 dot
-#: product paths (ARM accumulates in F16), hence the margin. A wrong token, a misplaced tensor
-#: or a shifted position costs whole nats: these tolerances still catch all of those.
+#: (``KvCacheSettings.f32()``) and the HF side rounded as llama.cpp rounds F16 weights and their
+#: inputs, what is left is summation order: measured at most 1e-6 per nat for F32 and 4e-5 for F16
+#: on two zoo builds here (one trained under bf16 autocast, whose sharper attention made llama.cpp's
+#: default F16 K/V cache move F32 log-probs by 2e-4 per nat). Other CPUs take other F16 dot product
+#: paths (ARM accumulates in F16), hence the margin. A wrong token, a misplaced tensor or a shifted
+#: position costs whole nats: these tolerances still catch all of those.
 _TOLERANCE = {"F32": 2e-4, "F16": 3e-3}
 
 
@@ -79,7 +81,7 @@ def test_gguf_logprobs_match_the_hf_model(tiny_model: Path, outtype: str) -> Non
     attention, Q and the V sums), which on a CI machine's zoo build moved F32 log-probs by 1.1e-3
     per nat and F16 ones by 7e-3; that is deployment arithmetic, not export or scoring."""
     gguf = export_gguf(Args(model=tiny_model, outtype=outtype)).gguf_path  # type: ignore[arg-type]
-    got = gguf_continuation_logprobs(gguf, REQUESTS, n_threads=1, f32_attention=True)
+    got = gguf_continuation_logprobs(gguf, REQUESTS, n_threads=1, kv_cache=KvCacheSettings.f32())
     want = _hf_logprobs(tiny_model, gguf, REQUESTS, f16=outtype == "F16")
     for g, w in zip(got, want, strict=True):
         assert g < 0
@@ -129,3 +131,26 @@ def test_token_distributions_agree_with_scoring_and_order_quant_types(tiny_model
         divergence(dists["F16"], dists["Q8_0"][::-1])
     with pytest.raises(HaqaError, match="fewer than 2 tokens"):
         gguf_token_distributions(paths["Q8_0"], [""], n_threads=1)
+
+
+def test_a_quantized_kv_cache_is_part_of_what_is_scored(tiny_model: Path) -> None:
+    """A deployment's q4_0 cache rounds every key and value to 4 bits, so scoring with it moves
+    log-probs (here up to 0.9 nat on a request), q8_0 by far less; flash attention with an f16
+    cache only reorders sums (0.004 nat at most). Measured on F16 weights."""
+    gguf = export_gguf(Args(model=tiny_model, outtype="F16")).gguf_path
+
+    def moved(**kv: object) -> float:
+        got = gguf_continuation_logprobs(
+            gguf, REQUESTS, n_threads=1, kv_cache=KvCacheSettings.model_validate(kv)
+        )
+        return sum(abs(g - b) for g, b in zip(got, base, strict=True))
+
+    base = gguf_continuation_logprobs(
+        gguf, REQUESTS, n_threads=1, kv_cache=KvCacheSettings(flash_attn=False)
+    )
+    flash = moved(flash_attn=True)
+    q8 = moved(type_k="q8_0", type_v="q8_0")
+    q4 = moved(type_k="q4_0", type_v="q4_0")
+    assert q4 > 0.05 and q8 < q4 and flash < q4 / 10, (flash, q8, q4)
+    with pytest.raises(ValidationError, match="needs flash attention"):
+        KvCacheSettings(type_v="q4_0", flash_attn=False)

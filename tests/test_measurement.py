@@ -23,7 +23,7 @@ from haqa.agents.tuner.anchor import _affected, anchor_state
 from haqa.graph.routing import Budgets
 from haqa.graph.run import prepare, start_run
 from haqa.report import write_report
-from haqa.schemas import DeployConfig, MeasurementPolicy, TrialMetrics
+from haqa.schemas import DeployConfig, KvCacheSettings, MeasurementPolicy, TrialMetrics
 from haqa.store import Store, TrialRecord, superseded, utcnow
 from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp, needs_more
 from haqa.tools.export_gguf import Args as ExportArgs
@@ -70,7 +70,9 @@ class NoisyNeighbourToolbox(LiveToolbox):
         # Quantize and evaluate first (cached for the real call): only the benchmark runs
         # beside the neighbour, as when a job starts on a shared machine mid-measurement.
         self._speed_gguf(adapter, config.quant_type)
-        self._deployed_accuracy(adapter, config.quant_type)
+        self._deployed_accuracy(
+            adapter, config.quant_type, KvCacheSettings.deployed(config.runtime)
+        )
         spin = [sys.executable, "-c", "while True: pass"]
         # Every core but one busy: a thread of the benchmark waits for a core, whatever the machine.
         hogs = [subprocess.Popen(spin) for _ in range(max(1, (os.cpu_count() or 2) - 1))]

@@ -37,7 +37,7 @@ from haqa.schemas import RuntimeSettings
 from haqa.tools.gguf_header import read_gguf_header
 
 #: ggml type ids (ggml.h ``enum ggml_type``) and bytes per element of the KV-cache types.
-_GGML_TYPES: dict[str, tuple[int, float]] = {
+GGML_KV_TYPES: dict[str, tuple[int, float]] = {
     "f32": (0, 4.0),
     "f16": (1, 2.0),
     "q4_0": (2, 18 / 32),
@@ -222,7 +222,7 @@ def bytes_per_token(model: Path, runtime: RuntimeSettings, n_gen: int) -> float:
     per_cell = (
         n_layer
         * n_head_kv
-        * (head_k * _GGML_TYPES[runtime.type_k][1] + head_v * _GGML_TYPES[runtime.type_v][1])
+        * (head_k * GGML_KV_TYPES[runtime.type_k][1] + head_v * GGML_KV_TYPES[runtime.type_v][1])
     )
     return weights + per_cell * (n_gen / 2)
 
@@ -315,8 +315,8 @@ def measure(args: Args) -> dict[str, Any]:
         cparams.n_ctx = rt.n_ctx
         cparams.n_batch = rt.n_batch
         cparams.n_ubatch = rt.n_ubatch
-        cparams.type_k = _GGML_TYPES[rt.type_k][0]
-        cparams.type_v = _GGML_TYPES[rt.type_v][0]
+        cparams.type_k = GGML_KV_TYPES[rt.type_k][0]
+        cparams.type_v = GGML_KV_TYPES[rt.type_v][0]
         cparams.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if rt.flash_attn

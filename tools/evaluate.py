@@ -14,7 +14,8 @@ Two backends, scored by the same functions (``build_requests``, ``score``):
   exactly the model that gets exported to GGUF, so HF and GGUF accuracies compare fairly (the
   4-bit base used during QLoRA training is not what is evaluated);
 - a GGUF file: llama.cpp through ``haqa.tools.gguf_loglik`` (an adapter is not accepted: merge it
-  before exporting).
+  before exporting), with the K/V cache types of the deployment (``kv_cache``; default F16), since
+  a quantized cache changes the answers too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from haqa.errors import HaqaError
 from haqa.modelref import check_hf_causal_lm, is_gguf
+from haqa.schemas import KvCacheSettings
 from haqa.tasks import MCExample, load_jsonl
 from haqa.zoo.cpu import set_torch_threads
 
@@ -46,6 +48,9 @@ class Args(BaseModel):
     limit: int | None = Field(None, ge=1, description="at most this many examples per file")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all)")
     batch_size: int = Field(32, ge=1, le=4096, description="sequences per forward pass (HF)")
+    kv_cache: KvCacheSettings | None = Field(
+        None, description="llama.cpp K/V cache types to score a GGUF with (default: f16)"
+    )
 
 
 class KindScore(BaseModel):
@@ -183,9 +188,15 @@ def evaluate(args: Args) -> Result:
             raise HaqaError("an adapter cannot be applied to a GGUF file: merge it before export")
         from haqa.tools.gguf_loglik import gguf_continuation_logprobs
 
-        logliks = gguf_continuation_logprobs(args.model, requests, n_threads=args.n_threads)
+        logliks = gguf_continuation_logprobs(
+            args.model, requests, n_threads=args.n_threads, kv_cache=args.kv_cache
+        )
         backend = "gguf"
     else:
+        if args.kv_cache is not None:
+            raise HaqaError(
+                "K/V cache types apply to a GGUF file (llama.cpp): drop them for a model folder"
+            )
         check_hf_causal_lm(args.model)
         set_torch_threads(args.n_threads)
         model, tokenizer = load_hf(args.model, args.adapter)

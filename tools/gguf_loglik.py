@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
+from haqa.schemas import FLOAT_KV_CACHE_TYPES, KvCacheSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +33,9 @@ class Args(BaseModel):
     requests: list[tuple[str, str]] = Field(description="(context, continuation) pairs")
     n_threads: int | None = Field(None, ge=1, description="threads (default: all logical cores)")
     n_ctx: int = Field(512, ge=16, description="context window; longer inputs keep their tail")
+    kv_cache: KvCacheSettings = Field(
+        default_factory=KvCacheSettings, description="K/V cache types the model scores with"
+    )
 
 
 class Result(BaseModel):
@@ -50,10 +54,12 @@ def split_request(context: str, continuation: str) -> tuple[str, str]:
 class _Model:
     """A llama.cpp model and context with all-token logits, freed on ``close``."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int, f32_attention: bool = False) -> None:
+    def __init__(
+        self, path: Path, n_ctx: int, n_threads: int, kv_cache: KvCacheSettings | None = None
+    ) -> None:
         import llama_cpp
 
-        from haqa.tools.benchmark_llamacpp import extra_bufts_safe
+        from haqa.tools.benchmark_llamacpp import GGML_KV_TYPES, extra_bufts_safe
         from haqa.tools.export_gguf import check_gguf, quiet_llama_cpp
 
         check_gguf(path)
@@ -74,15 +80,25 @@ class _Model:
         cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        if f32_attention:
-            # llama.cpp's defaults round K, V (and, in flash attention, Q and the V sums) to F16;
-            # with large attention logits that moves log-probs by more than F32 weights do.
-            cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_F32
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        kv = kv_cache or KvCacheSettings()
+        cparams.type_k = GGML_KV_TYPES[kv.type_k][0]
+        cparams.type_v = GGML_KV_TYPES[kv.type_v][0]
+        flash = kv.flash_attn
+        if flash is None and kv.type_v not in FLOAT_KV_CACHE_TYPES:
+            flash = True  # llama.cpp stores a quantized V only through flash attention
+        if flash is not None:  # None: llama.cpp's own choice
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if flash
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise HaqaError(f"llama.cpp could not create a {n_ctx}-token context: lower n_ctx")
+            raise HaqaError(
+                f"llama.cpp could not create a {n_ctx}-token context with a "
+                f"{kv.type_k}/{kv.type_v} K/V cache: lower n_ctx or use f16 caches"
+            )
         self.n_ctx = n_ctx
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
@@ -173,18 +189,19 @@ def gguf_continuation_logprobs(
     *,
     n_threads: int | None = None,
     n_ctx: int = 512,
-    f32_attention: bool = False,
+    kv_cache: KvCacheSettings | None = None,
 ) -> list[float]:
     """For each (context, continuation): the sum of the log-probabilities of the continuation's
     tokens given the context, under the GGUF model (llama.cpp on the CPU).
 
-    Attention runs as llama.cpp runs it by default (F16 K/V cache, flash attention where it
-    chooses), which is what a deployment runs. ``f32_attention`` keeps K/V in F32 with flash
-    attention off, so that attention computes in F32 as torch does: for checks against the HF
-    model, where the F16 cache's rounding would otherwise be part of the difference."""
+    Attention runs with ``kv_cache`` (default: llama.cpp's own, an F16 K/V cache with flash
+    attention where it chooses): a deployment's cache types, so a q4_0 cache's rounding is part
+    of what is scored. ``KvCacheSettings.f32()`` computes attention in F32 as torch does: for
+    checks against the HF model, where the F16 cache's rounding would otherwise be part of the
+    difference."""
     if not requests:
         return []
-    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, f32_attention)
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, kv_cache)
     try:
         encoded: list[tuple[list[int], int]] = []
         for context, continuation in requests:
@@ -250,6 +267,10 @@ def gguf_loglik(args: Args) -> Result:
     """Typed wrapper of ``gguf_continuation_logprobs`` for agents and the CLI."""
     return Result(
         logprobs=gguf_continuation_logprobs(
-            args.gguf_path, args.requests, n_threads=args.n_threads, n_ctx=args.n_ctx
+            args.gguf_path,
+            args.requests,
+            n_threads=args.n_threads,
+            n_ctx=args.n_ctx,
+            kv_cache=args.kv_cache,
         )
     )

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, err_console, manual_run, open_store
-from haqa.config import build, env_overrides, read_toml
+from haqa.config import build, env_overrides, read_toml, validation_message
 from haqa.errors import HaqaError
 from haqa.modelref import ModelRef, resolve_model
-from haqa.schemas import FinetuneConfig, TrialMetrics
+from haqa.schemas import FinetuneConfig, KvCacheSettings, TrialMetrics
 from haqa.units import format_bytes
 
 _TOML_TOP_KEYS = ("model", "tasks", "finetune")
@@ -233,6 +234,17 @@ def finetune_command(
     console.print(f"evaluate it: haqa eval --model {spec} --adapter {result.adapter_path}")
 
 
+def _kv_cache(ref: ModelRef, ctk: str | None, ctv: str | None) -> KvCacheSettings | None:
+    if ctk is None and ctv is None:
+        return None
+    if ref.kind != "gguf":
+        raise HaqaError("--cache-type-k/-v apply to a .gguf model (llama.cpp): drop them")
+    try:
+        return KvCacheSettings.model_validate({"type_k": ctk or "f16", "type_v": ctv or "f16"})
+    except ValidationError as e:
+        raise HaqaError(f"--cache-type-k/-v: {validation_message(e)}") from None
+
+
 @app.command("eval")
 def eval_command(
     model: ModelOption = None,
@@ -246,9 +258,18 @@ def eval_command(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="examples per file")] = None,
     n_threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="HF batch")] = 32,
+    ctk: Annotated[
+        str | None,
+        typer.Option("-ctk", "--cache-type-k", help="GGUF: K cache type to score with (f16)"),
+    ] = None,
+    ctv: Annotated[
+        str | None,
+        typer.Option("-ctv", "--cache-type-v", help="GGUF: V cache type to score with (f16)"),
+    ] = None,
     db: DbOption = None,
 ) -> None:
-    """Multiple-choice accuracy by log-likelihood (lm-eval style acc and acc_norm; one trial)."""
+    """Multiple-choice accuracy by log-likelihood (lm-eval style acc and acc_norm; one trial).
+    A GGUF file is scored as llama.cpp deploys it, K/V cache types included."""
     from haqa.tools.evaluate import Args, evaluate
     from haqa.trialrun import run_as_trial
 
@@ -264,6 +285,7 @@ def eval_command(
         if not (adapter / "adapter_config.json").is_file():
             raise HaqaError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     files = _task_files(ref, list(tasks or []), split)
+    kv_cache = _kv_cache(ref, ctk, ctv)
     args = Args(
         model=ref.path,
         adapter=adapter,
@@ -271,6 +293,7 @@ def eval_command(
         limit=limit,
         n_threads=n_threads,
         batch_size=batch_size,
+        kv_cache=kv_cache,
     )
     stage = "deploy" if ref.kind == "gguf" else "finetune"
     trial_config = {
@@ -278,6 +301,7 @@ def eval_command(
         "adapter": str(adapter) if adapter else None,
         "tasks": [str(f) for f in files],
         "limit": limit,
+        **(kv_cache.model_dump(exclude={"flash_attn"}) if kv_cache else {}),
     }
     store = open_store(db)
     with manual_run(store, model=spec, command="eval", config=trial_config) as run:
@@ -297,6 +321,8 @@ def eval_command(
         raise typer.Exit(1)
     shown = spec if spec.startswith("zoo:") else ref.path.name
     title = shown + (f" + adapter {adapter.name}" if adapter else "") + f" ({result.backend})"
+    if kv_cache is not None:
+        title += f", K/V cache {kv_cache.type_k}/{kv_cache.type_v}"
     table = Table(title=title)
     for col in ("kind", "n", "acc", "acc_norm"):
         table.add_column(col)
