@@ -12,9 +12,11 @@ move long before accuracy does. ``--noise`` adds
 Gaussian noise of that share of each matrix's std to every transformer-block matrix of the HF
 model (not the embeddings or the output head) and scores again: how much weight error the
 model's learned function tolerates at all, which is what decides whether Q2_K's errors show.
+``--kv-caches`` scores one weight type (``--kv-quant``) again with each quantized K/V cache type
+(K and V alike), as the tuner's deploy trials run it.
 
     python bench/quant_accuracy.py [--quants F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K] [--split test]
-                                   [--noise 0.3,1.0]
+                                   [--noise 0.3,1.0] [--kv-quant Q4_K_M] [--kv-caches q8_0,q4_0]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from _common import reproduce_line
 
 from haqa import zoo
-from haqa.schemas import FinetuneConfig
+from haqa.schemas import FinetuneConfig, KvCacheSettings
 from haqa.tasks import MCExample
 from haqa.tools.evaluate import build_requests, hf_logliks, load_examples, load_hf, score
 from haqa.tools.export_gguf import Args as ExportArgs
@@ -96,6 +98,8 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=zoo.TASK_SPLITS)
     parser.add_argument("--noise", default="0.3,1.0", help="shares of weight std ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kv-quant", default="Q4_K_M", help="weight type of the K/V cache rows")
+    parser.add_argument("--kv-caches", default="q8_0,q4_0", help="K/V cache types ('' for none)")
     args = parser.parse_args()
 
     model = zoo.ensure("tiny")  # the tasks are the tiny model's
@@ -138,6 +142,16 @@ def main() -> int:
         kl, same = divergence(reference, gguf_token_distributions(out.gguf_path, texts))
         cells = f"{kl:.5f} | {100 * same:6.2f}"
         print(_row(out.quant_type, size_mib, w_err, examples, lls, cells), flush=True)
+    kv_gguf = export_gguf(ExportArgs(model=model, adapter=adapter, quant_type=args.kv_quant))
+    for cache in [c.strip() for c in args.kv_caches.split(",") if c.strip()]:
+        kv = KvCacheSettings.model_validate({"type_k": cache, "type_v": cache})
+        lls = gguf_continuation_logprobs(kv_gguf.gguf_path, requests, kv_cache=kv)
+        dists = gguf_token_distributions(kv_gguf.gguf_path, texts, kv_cache=kv)
+        kl, same = divergence(reference, dists)
+        cells = f"{kl:.5f} | {100 * same:6.2f}"
+        name = f"{kv_gguf.quant_type} kv {cache}"
+        size_mib = kv_gguf.size_bytes / 2**20
+        print(_row(name, size_mib, None, examples, lls, cells), flush=True)
     print(reproduce_line())
     return 0
 

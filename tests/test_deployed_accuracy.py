@@ -7,9 +7,9 @@ questions, a build of 300 steps: HF+adapter 0.650, Q8_0 0.647, Q4_K_M 0.653, Q3_
 0.671). The model's learned function shrugs off weight error of Q2_K's size: Gaussian noise of 0.3x
 each block matrix's std costs it 1.5 points, and only noise as large as the weights costs 11
 (``bench/quant_accuracy.py`` prints both, and docs/benchmarks.md lists what was tried to make it
-sensitive). Q2_K is visibly the worst type by its next-token distributions, not by its answers:
-``tests/test_gguf_loglik.py`` asserts its KL divergence from F16 is over ten times Q8_0's. A zoo
-model whose accuracy 2-bit weights break is the open item."""
+sensitive, ten times the training among it). Q2_K is visibly the worst type by its next-token
+distributions, not by its answers: ``tests/test_gguf_loglik.py`` asserts its KL divergence from
+F16 is over ten times Q8_0's. A zoo model whose accuracy 2-bit weights break is the open item."""
 
 from __future__ import annotations
 

@@ -227,14 +227,19 @@ def gguf_continuation_logprobs(
 
 
 def gguf_token_distributions(
-    gguf_path: Path, texts: list[str], *, n_threads: int | None = None, n_ctx: int = 512
+    gguf_path: Path,
+    texts: list[str],
+    *,
+    n_threads: int | None = None,
+    n_ctx: int = 512,
+    kv_cache: KvCacheSettings | None = None,
 ) -> list[NDArray[np.float64]]:
     """For each text (BOS added, the tail kept past ``n_ctx``): the model's log-probabilities
     over the whole vocabulary at every position, ``[n_tokens - 1, n_vocab]``. Two quant types of
     one model tokenize alike, so their rows compare position by position (``divergence``).
     Rows are float64, ``n_vocab`` wide: meant for short texts (a 512-token text at a 128k
-    vocabulary takes 0.5 GB)."""
-    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
+    vocabulary takes 0.5 GB). ``kv_cache`` as for ``gguf_continuation_logprobs``."""
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, kv_cache)
     try:
         out = []
         for text in texts:
