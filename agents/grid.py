@@ -16,7 +16,13 @@ from typing import Any
 
 from haqa.agents.toolbox import Toolbox, ToolboxSettings
 from haqa.errors import HaqaError
-from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+from haqa.schemas import (
+    DeployConfig,
+    FinetuneConfig,
+    KvCacheSettings,
+    RuntimeSettings,
+    TrialMetrics,
+)
 from haqa.space import DEPLOY_QUANT_TYPES, SearchSpace, deploy_space
 from haqa.store import GridRecord, Store, config_key, iter_grid_configs
 
@@ -91,7 +97,7 @@ def record_grid(
     done = {(p.config_key, p.repeat) for p in store.grid_points(grid.grid_id)}
     configs = list(iter_grid_configs(grid.space))
     total = len(configs) * repeats
-    test_accuracy: dict[str, float] = {}
+    test_accuracy: dict[tuple[str, KvCacheSettings], float] = {}
     step = 0
     for point in configs:
         cfg = full_config(point)
@@ -104,12 +110,13 @@ def record_grid(
                 progress(step, total, f"{cfg.quant_type} {key}")
             started = time.monotonic()
             metrics = toolbox.deploy(cfg, adapter)
-            if cfg.quant_type not in test_accuracy:
-                test_accuracy[cfg.quant_type] = toolbox.final_test(cfg, adapter)
+            weights_and_cache = (cfg.quant_type, KvCacheSettings.deployed(cfg.runtime))
+            if weights_and_cache not in test_accuracy:
+                test_accuracy[weights_and_cache] = toolbox.final_test(cfg, adapter)
             estimate = toolbox.estimate_deploy(cfg)
             data = {
                 **metrics.model_dump(mode="json"),
-                "test_accuracy": test_accuracy[cfg.quant_type],
+                "test_accuracy": test_accuracy[weights_and_cache],
                 "predicted_peak_mem_bytes": estimate.get("total_bytes"),
             }
             store.add_grid_point(grid.grid_id, point, repeat, data, time.monotonic() - started)

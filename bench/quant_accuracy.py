@@ -25,11 +25,12 @@ import argparse
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from _common import reproduce_line
 
 from haqa import zoo
-from haqa.schemas import FinetuneConfig, KvCacheSettings
+from haqa.schemas import FinetuneConfig, KvCacheSettings, KvCacheType
 from haqa.tasks import MCExample
 from haqa.tools.evaluate import build_requests, hf_logliks, load_examples, load_hf, score
 from haqa.tools.export_gguf import Args as ExportArgs
@@ -101,6 +102,11 @@ def main() -> int:
     parser.add_argument("--kv-quant", default="Q4_K_M", help="weight type of the K/V cache rows")
     parser.add_argument("--kv-caches", default="q8_0,q4_0", help="K/V cache types ('' for none)")
     args = parser.parse_args()
+    kv_caches = []
+    for cache in (c.strip() for c in args.kv_caches.split(",") if c.strip()):
+        if cache not in get_args(KvCacheType):
+            parser.error(f"--kv-caches {cache}: use {', '.join(get_args(KvCacheType))}")
+        kv_caches.append(KvCacheSettings.model_validate({"type_k": cache, "type_v": cache}))
 
     model = zoo.ensure("tiny")  # the tasks are the tiny model's
     tasks = zoo.task_files("tiny", args.split)
@@ -142,14 +148,13 @@ def main() -> int:
         kl, same = divergence(reference, gguf_token_distributions(out.gguf_path, texts))
         cells = f"{kl:.5f} | {100 * same:6.2f}"
         print(_row(out.quant_type, size_mib, w_err, examples, lls, cells), flush=True)
-    kv_gguf = export_gguf(ExportArgs(model=model, adapter=adapter, quant_type=args.kv_quant))
-    for cache in [c.strip() for c in args.kv_caches.split(",") if c.strip()]:
-        kv = KvCacheSettings.model_validate({"type_k": cache, "type_v": cache})
+    for kv in kv_caches:
+        kv_gguf = export_gguf(ExportArgs(model=model, adapter=adapter, quant_type=args.kv_quant))
         lls = gguf_continuation_logprobs(kv_gguf.gguf_path, requests, kv_cache=kv)
         dists = gguf_token_distributions(kv_gguf.gguf_path, texts, kv_cache=kv)
         kl, same = divergence(reference, dists)
         cells = f"{kl:.5f} | {100 * same:6.2f}"
-        name = f"{kv_gguf.quant_type} kv {cache}"
+        name = f"{kv_gguf.quant_type} kv {kv.type_k}"
         size_mib = kv_gguf.size_bytes / 2**20
         print(_row(name, size_mib, None, examples, lls, cells), flush=True)
     print(reproduce_line())

@@ -148,13 +148,12 @@ class KvCacheSettings(Strict):
 
     @classmethod
     def deployed(cls, runtime: RuntimeSettings) -> KvCacheSettings:
-        """The cache a deployment runs. Flash attention only where a quantized V needs it: with
-        float caches it reorders sums, not what is stored (measured: the same answers)."""
-        return cls(
-            type_k=runtime.type_k,
-            type_v=runtime.type_v,
-            flash_attn=True if runtime.type_v not in FLOAT_KV_CACHE_TYPES else None,
-        )
+        """The cache a deployment runs, with its flash-attention setting where a cache is
+        quantized. With float caches flash attention is left to llama.cpp (on, on CPUs): it
+        reorders sums, not what is stored (measured on the tiny model: the same answers), so every
+        float-cache deployment of a type shares one measurement."""
+        kv = cls(type_k=runtime.type_k, type_v=runtime.type_v)
+        return kv.model_copy(update={"flash_attn": runtime.flash_attn}) if kv.quantized else kv
 
 
 class DeployConfig(RuntimeSettings):

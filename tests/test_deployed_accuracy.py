@@ -97,6 +97,9 @@ def test_a_deployment_is_scored_with_its_kv_cache_once(
         EvalArgs(model=gguf, task_files=splits["validation"], limit=40, kv_cache=q4_cache)
     )
     assert accuracy[1] == accuracy[2] == alone.accuracy
+    # An f16 cache keeps the evaluation key it had before cache types were part of it.
+    files = splits["validation"]
+    assert box._eval_cache_path(gguf, files) == box._eval_cache_path(gguf, files, KvCacheSettings())
     resumed = _ScoringSpy(settings)
     assert resumed.deploy(q4, None).accuracy == accuracy[1]
     assert resumed.scored == []

@@ -6,7 +6,7 @@ from typing import Any
 
 from haqa.agents.analyst.brief import make_brief, rank_quant_types
 from haqa.agents.brains.base import DecisionContext, TrialView
-from haqa.agents.brains.expert import ExpertBrain
+from haqa.agents.brains.expert import QUANT_BITS, ExpertBrain
 from haqa.agents.tuner.node import hardware_defaults
 from haqa.goal import Goal
 from haqa.graph.routing import next_route, stage_stop_reason, trials_since_improvement
@@ -133,6 +133,33 @@ def test_expert_skips_types_below_an_accuracy_failure() -> None:
     )
     p = brain.propose(_ctx([failed]))
     assert p.config["quant_type"] not in ("Q2_K", "Q3_K_M")
+
+
+def test_a_miss_with_a_quantized_kv_cache_is_not_blamed_on_the_weights() -> None:
+    """A Q8_0 deployment with a q4_0 K/V cache missed the floor: the cache may have cost the
+    accuracy, so types under 8.5 bits stay open (only float-cache misses set the bits floor)."""
+    missed = TrialView(
+        trial_id=1,
+        stage="deploy",
+        config={
+            **_ctx([]).defaults,
+            "quant_type": "Q8_0",
+            "flash_attn": True,
+            "type_k": "q4_0",
+            "type_v": "q4_0",
+        },
+        status="ok",
+        accuracy=0.1,
+        objective=30.0,
+        feasible=False,
+    )
+    p = ExpertBrain().propose(_ctx([missed]))
+    assert QUANT_BITS[p.config["quant_type"]] < QUANT_BITS["Q8_0"], p.config
+    float_cache_miss = missed.model_copy(
+        update={"config": {**missed.config, "type_k": "f16", "type_v": "f16"}}
+    )
+    p = ExpertBrain().propose(_ctx([float_cache_miss]))
+    assert QUANT_BITS[p.config["quant_type"]] > QUANT_BITS["Q8_0"], p.config
 
 
 def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None:

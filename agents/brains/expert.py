@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal, TrialView
+from haqa.schemas import FLOAT_KV_CACHE_TYPES
 
 #: Bits per weight, roughly, to order types by aggressiveness (higher = safer accuracy).
 QUANT_BITS = {
@@ -128,10 +129,15 @@ class ExpertBrain:
             q for q in ranked if QUANT_BITS.get(q, 16) < safe_bits
         ]
         measured_types = {t.config.get("quant_type") for t in ctx.history if t.status == "ok"}
+        # Misses the weights are to blame for: with a quantized K/V cache it may be the cache.
         failed_accuracy = [
             QUANT_BITS.get(str(t.config.get("quant_type")), 16)
             for t in ctx.history
-            if t.status == "ok" and not t.feasible and t.accuracy is not None
+            if t.status == "ok"
+            and not t.feasible
+            and t.accuracy is not None
+            and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
+            and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
         ]
         # Anything at or below the bits of a type that already missed the accuracy floor would too.
         floor_bits = max(failed_accuracy) if failed_accuracy else 0.0

@@ -205,7 +205,13 @@ def build_result(rt: RunRuntime) -> RunResult:
         agent="supervisor",
         stage="deploy",
         tool="evaluate",
-        config={"role": "test", "quant_type": cfg.quant_type, "adapter": adapter},
+        config={
+            "role": "test",
+            "quant_type": cfg.quant_type,
+            "type_k": cfg.type_k,
+            "type_v": cfg.type_v,
+            "adapter": adapter,
+        },
         work=lambda: TrialMetrics(accuracy=rt.toolbox.final_test(cfg, adapter)),
     )
     gguf = str(getattr(m, "gguf", "") or f"model-{cfg.quant_type}.gguf")

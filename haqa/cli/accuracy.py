@@ -8,19 +8,18 @@ Everything is validated before the run is opened, so bad input leaves the store 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, err_console, manual_run, open_store
-from haqa.config import build, env_overrides, read_toml, validation_message
+from haqa.config import build, env_overrides, read_toml
 from haqa.errors import HaqaError
 from haqa.modelref import ModelRef, resolve_model
-from haqa.schemas import FinetuneConfig, KvCacheSettings, TrialMetrics
+from haqa.schemas import FinetuneConfig, KvCacheSettings, KvCacheType, TrialMetrics
 from haqa.units import format_bytes
 
 _TOML_TOP_KEYS = ("model", "tasks", "finetune")
@@ -239,10 +238,10 @@ def _kv_cache(ref: ModelRef, ctk: str | None, ctv: str | None) -> KvCacheSetting
         return None
     if ref.kind != "gguf":
         raise HaqaError("--cache-type-k/-v apply to a .gguf model (llama.cpp): drop them")
-    try:
-        return KvCacheSettings.model_validate({"type_k": ctk or "f16", "type_v": ctv or "f16"})
-    except ValidationError as e:
-        raise HaqaError(f"--cache-type-k/-v: {validation_message(e)}") from None
+    for flag, value in (("--cache-type-k", ctk), ("--cache-type-v", ctv)):
+        if value is not None and value not in get_args(KvCacheType):
+            raise HaqaError(f"{flag} {value}: use one of {', '.join(get_args(KvCacheType))}")
+    return KvCacheSettings.model_validate({"type_k": ctk or "f16", "type_v": ctv or "f16"})
 
 
 @app.command("eval")
