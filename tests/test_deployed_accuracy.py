@@ -66,21 +66,19 @@ class _ScoringSpy(LiveToolbox):
         return super()._evaluate(model, adapter, files, kv_cache)
 
 
-def test_a_deployment_is_scored_with_its_kv_cache_once(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_deployment_is_scored_with_its_kv_cache_once(tiny_model: Path) -> None:
     """The tuner varies type_k/type_v; a q4_0 cache changes the answers (the fine-tuned tiny
     model's Q4_K_M: 0.630 with an f16 cache, 0.618 with a q4_0 K cache, 560 questions), so its
     accuracy is measured with that cache, and only once: other threads or batches reuse it, and
     so does a resumed run (the disk cache)."""
     splits = {s: zoo.task_files("tiny", s) for s in ("train", "validation", "test")}
-    monkeypatch.setenv("HAQA_HOME", str(tmp_path / "home"))  # an empty evaluation cache
+    files = splits["validation"]
     settings = ToolboxSettings(
         model=tiny_model,
         train_files=splits["train"],
-        validation_files=splits["validation"],
+        validation_files=files,
         test_files=splits["test"],
-        eval_limit=40,
+        eval_limit=30,
         n_prompt=16,
         n_gen=4,
         repetitions=1,
@@ -88,18 +86,17 @@ def test_a_deployment_is_scored_with_its_kv_cache_once(
     f16 = DeployConfig(quant_type="Q4_K_M", n_ctx=512)
     q4 = f16.model_copy(update={"type_k": "q4_0", "type_v": "q4_0", "flash_attn": True})
     q4_other_batch = q4.model_copy(update={"n_ubatch": 256})
-    box = _ScoringSpy(settings)
-    accuracy = [box.deploy(c, None).accuracy for c in (f16, q4, q4_other_batch)]
     q4_cache = KvCacheSettings(type_k="q4_0", type_v="q4_0", flash_attn=True)
-    assert box.scored == [KvCacheSettings(), q4_cache]
     gguf = export_gguf(ExportArgs(model=tiny_model, quant_type="Q4_K_M")).gguf_path
-    alone = evaluate(
-        EvalArgs(model=gguf, task_files=splits["validation"], limit=40, kv_cache=q4_cache)
-    )
-    assert accuracy[1] == accuracy[2] == alone.accuracy
+    box = _ScoringSpy(settings)
     # An f16 cache keeps the evaluation key it had before cache types were part of it.
-    files = splits["validation"]
     assert box._eval_cache_path(gguf, files) == box._eval_cache_path(gguf, files, KvCacheSettings())
+    for kv in (KvCacheSettings(), q4_cache):
+        box._eval_cache_path(gguf, files, kv).unlink(missing_ok=True)  # measured afresh here
+    accuracy = [box.deploy(c, None).accuracy for c in (f16, q4, q4_other_batch)]
+    assert box.scored == [KvCacheSettings(), q4_cache]
+    alone = evaluate(EvalArgs(model=gguf, task_files=files, limit=30, kv_cache=q4_cache))
+    assert accuracy[1] == accuracy[2] == alone.accuracy
     resumed = _ScoringSpy(settings)
     assert resumed.deploy(q4, None).accuracy == accuracy[1]
     assert resumed.scored == []
