@@ -77,8 +77,8 @@ def _finish(store: Store, run_id: str, result: RunResult | None, report_dir: Pat
     console.print(f"chosen: [bold]{cfg.get('quant_type')}[/] {_runtime_summary(cfg)}")
     console.print(
         f"deployed accuracy: {result.accuracy_validation:.3f} validation, "
-        f"{(result.accuracy_test or 0):.3f} test (reference {result.reference_accuracy}, "
-        f"base {result.base_accuracy})"
+        f"{(result.accuracy_test or 0):.3f} test (reference {_acc(result.reference_accuracy)}, "
+        f"base {_acc(result.base_accuracy)})"
     )
     console.print(
         f"decode {result.decode_tps or 0:.1f} tok/s, prefill {result.prefill_tps or 0:.1f} tok/s"
@@ -114,6 +114,10 @@ def build_zoo_models(*specs: str | None) -> None:
             continue
         console.print(f"building {spec} (once; kept in the cache for every later run)")
         zoo.ensure(name, progress=_PhasePrinter())
+
+
+def _acc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _runtime_summary(cfg: dict[str, Any]) -> str:
