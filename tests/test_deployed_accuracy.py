@@ -19,8 +19,10 @@ import pytest
 
 from haqa import zoo
 from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
-from haqa.schemas import DeployConfig, FinetuneConfig, KvCacheSettings, TrialMetrics
+from haqa.schemas import DeployConfig, FinetuneConfig, KvCacheSettings
+from haqa.tools import evaluate as evaluate_module
 from haqa.tools.evaluate import Args as EvalArgs
+from haqa.tools.evaluate import Result as EvalResult
 from haqa.tools.evaluate import evaluate
 from haqa.tools.export_gguf import Args as ExportArgs
 from haqa.tools.export_gguf import export_gguf
@@ -48,25 +50,9 @@ def test_q8_0_keeps_the_hf_accuracy(tiny_model: Path) -> None:
     assert abs(scores["Q8_0"] - hf) <= 0.02  # Q2_K: printed above, see the docstring
 
 
-class _ScoringSpy(LiveToolbox):
-    """The live toolbox, noting the K/V cache of every evaluation it runs."""
-
-    def __init__(self, settings: ToolboxSettings) -> None:
-        super().__init__(settings)
-        self.scored: list[KvCacheSettings | None] = []
-
-    def _evaluate(
-        self,
-        model: Path,
-        adapter: Path | None,
-        files: list[Path],
-        kv_cache: KvCacheSettings | None = None,
-    ) -> TrialMetrics:
-        self.scored.append(kv_cache)
-        return super()._evaluate(model, adapter, files, kv_cache)
-
-
-def test_a_deployment_is_scored_with_its_kv_cache_once(tiny_model: Path) -> None:
+def test_a_deployment_is_scored_with_its_kv_cache_once(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The tuner varies type_k/type_v; a q4_0 cache changes the answers (the fine-tuned tiny
     model's Q4_K_M: 0.630 with an f16 cache, 0.618 with a q4_0 K cache, 560 questions), so its
     accuracy is measured with that cache, and only once: other threads or batches reuse it, and
@@ -88,15 +74,22 @@ def test_a_deployment_is_scored_with_its_kv_cache_once(tiny_model: Path) -> None
     q4_other_batch = q4.model_copy(update={"n_ubatch": 256})
     q4_cache = KvCacheSettings(type_k="q4_0", type_v="q4_0", flash_attn=True)
     gguf = export_gguf(ExportArgs(model=tiny_model, quant_type="Q4_K_M")).gguf_path
-    box = _ScoringSpy(settings)
+    scored: list[KvCacheSettings | None] = []  # the K/V cache of every evaluation the toolbox runs
+
+    def noting_the_cache(args: EvalArgs) -> EvalResult:
+        scored.append(args.kv_cache)
+        return evaluate(args)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", noting_the_cache)
+    box = LiveToolbox(settings)
     # An f16 cache keeps the evaluation key it had before cache types were part of it.
     assert box._eval_cache_path(gguf, files) == box._eval_cache_path(gguf, files, KvCacheSettings())
     for kv in (KvCacheSettings(), q4_cache):
         box._eval_cache_path(gguf, files, kv).unlink(missing_ok=True)  # measured afresh here
     accuracy = [box.deploy(c, None).accuracy for c in (f16, q4, q4_other_batch)]
-    assert box.scored == [KvCacheSettings(), q4_cache]
+    assert scored == [KvCacheSettings(), q4_cache]
     alone = evaluate(EvalArgs(model=gguf, task_files=files, limit=30, kv_cache=q4_cache))
     assert accuracy[1] == accuracy[2] == alone.accuracy
-    resumed = _ScoringSpy(settings)
-    assert resumed.deploy(q4, None).accuracy == accuracy[1]
-    assert resumed.scored == []
+    scored.clear()
+    assert LiveToolbox(settings).deploy(q4, None).accuracy == accuracy[1]  # a resumed run
+    assert scored == []
