@@ -7,7 +7,7 @@ reading the tool schema, so they say units and why a knob matters.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -130,9 +130,18 @@ class KvCacheSettings(Strict):
         description="fused attention; None: llama.cpp decides, and on when type_v is quantized",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flash_for_a_quantized_v(cls, data: Any) -> Any:
+        # llama.cpp stores a quantized V only through flash attention: unset means on.
+        unset = isinstance(data, dict) and data.get("flash_attn") is None
+        if unset and data.get("type_v", "f16") not in FLOAT_KV_CACHE_TYPES:
+            return {**data, "flash_attn": True}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> KvCacheSettings:
-        if self.type_v not in FLOAT_KV_CACHE_TYPES and self.flash_attn is False:
+        if self.type_v not in FLOAT_KV_CACHE_TYPES and not self.flash_attn:
             raise ValueError(f"type_v={self.type_v} needs flash attention")
         return self
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
-from haqa.schemas import FLOAT_KV_CACHE_TYPES, KvCacheSettings
+from haqa.schemas import KvCacheSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,13 +83,10 @@ class _Model:
         kv = kv_cache or KvCacheSettings()
         cparams.type_k = GGML_KV_TYPES[kv.type_k][0]
         cparams.type_v = GGML_KV_TYPES[kv.type_v][0]
-        flash = kv.flash_attn
-        if flash is None and kv.type_v not in FLOAT_KV_CACHE_TYPES:
-            flash = True  # llama.cpp stores a quantized V only through flash attention
-        if flash is not None:  # None: llama.cpp's own choice
+        if kv.flash_attn is not None:  # None: llama.cpp's own choice
             cparams.flash_attn_type = (
                 llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if flash
+                if kv.flash_attn
                 else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
