@@ -5,8 +5,14 @@ The child is ``python -m haqa.agents.trial_worker REQUEST RESPONSE`` (a fresh in
 state shared with the graph, no fork of a process holding threads). Its output goes to a log file
 whose tail becomes the failed trial's reason. The parent watches the child's whole process tree:
 resident memory above the limit → killed and reported as out of memory; past the timeout →
-killed and reported as a hang. The child asks the kernel to kill it when the parent dies
-(``PR_SET_PDEATHSIG``), and the parent kills it on any exception, so children never outlive the run.
+killed and reported as a hang.
+
+A trial's processes never outlive the run (a resumed run must not measure beside them): the worker
+leads its own process group, which its children (the benchmark, the measurements) stay in; each of
+them dies with its parent (``haqa.procs``: death signal, parent check, watchdog); the parent kills
+the group on any exception and when the trial ends; and every live group is recorded in the store's
+trial registry (``haqa.trial_registry``), whose entries of dead runs are killed before a trial
+starts.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from pydantic import BaseModel
 
 from haqa.agents.toolbox import ToolboxSettings
 from haqa.errors import HaqaError
+from haqa.procs import child_env
 from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
+from haqa.trial_registry import reap_strays, register, registry_dir, unregister
 
 ARG_TYPES: dict[str, type[BaseModel]] = {
     "FinetuneConfig": FinetuneConfig,
@@ -95,16 +103,23 @@ class IsolatedToolbox:
         timeout_s: float = 3600.0,
         memory_limit_bytes: int | None = None,
         factory: str = "haqa.agents.toolbox:LiveToolbox",
+        store_path: Path | None = None,
     ) -> None:
+        """``store_path``: the run's DuckDB file, whose trial registry this toolbox keeps (a
+        resume of the run, or another run on the same store, reaps what a dead run left)."""
         import psutil
 
         self.settings = settings
+        self.store_path = store_path
+        self.registry = registry_dir(store_path)
         self.timeout_s = timeout_s
         # Default: most of this machine's RAM, so a runaway trial cannot take the machine down.
         self.memory_limit_bytes = memory_limit_bytes or int(psutil.virtual_memory().total * 0.9)
         self.factory = factory
 
     def _call(self, method: str, *args: Any) -> Any:
+        # No trial measures beside a stray of a dead run on this store (a killed run's trial).
+        reap_strays(self.registry)
         with tempfile.TemporaryDirectory(prefix="haqa-trial-") as tmp:
             request, response, log = Path(tmp, "request.json"), Path(tmp, "response.json"), None
             log = Path(tmp, "trial.log")
@@ -123,13 +138,18 @@ class IsolatedToolbox:
                     [sys.executable, "-m", "haqa.agents.trial_worker", str(request), str(response)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: killed as a whole
+                    # Its own process group, which its children stay in: killed as a whole.
+                    start_new_session=True,
+                    env=child_env(),  # our pid: the worker checks it is still its parent
                 )
+                entry = register(self.registry, proc.pid, store=self.store_path, method=method)
                 try:
                     self._watch(proc, method, log)
-                except BaseException:
+                finally:
+                    # On any exception, and after a normal end: whatever the trial left running
+                    # in its group is a stray that would disturb the next measurement.
                     _kill_tree(proc)
-                    raise
+                    unregister(entry)
             if proc.returncode != 0 or not response.is_file():
                 raise TrialCrash(self._death(proc.returncode, log))
             reply = json.loads(response.read_text())

@@ -7,36 +7,31 @@ parent's to report from the exit status and the log.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
-import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies (no orphaned trials)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+# Nothing heavy above: the worker arms its death with the parent (``main``'s first line) before
+# it spends seconds importing the toolbox, torch or llama.cpp.
 
 
 def _jsonable(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
 
 
 def main(argv: list[str]) -> int:
-    _die_with_parent()
+    from haqa.procs import die_with_parent
+
+    # Dies with the run that started it; its children (the benchmark, the measurements) arm the
+    # same for themselves, since a death signal is not inherited.
+    die_with_parent()
     from haqa.agents.isolation import decode_arg
     from haqa.agents.toolbox import ToolboxSettings
     from haqa.errors import HaqaError, failure_reason

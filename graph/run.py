@@ -26,6 +26,7 @@ from haqa.modelref import resolve_model
 from haqa.schemas import FinetuneConfig, MeasurementPolicy, Strict
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
+from haqa.trial_registry import reap_strays, registry_dir
 
 BRAINS = ALL_BRAINS
 
@@ -157,8 +158,12 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
     return goal, settings, summary
 
 
-def default_toolbox(cfg: RunConfig, settings: ToolboxSettings) -> Toolbox:
-    """Trials in child processes (timeout, memory limit) unless isolation is turned off."""
+def default_toolbox(
+    cfg: RunConfig, settings: ToolboxSettings, store_path: Path | None = None
+) -> Toolbox:
+    """Trials in child processes (timeout, memory limit) unless isolation is turned off; with the
+    store's path, the trials are recorded in its registry, so a resume kills what a killed run
+    left running before it measures anything."""
     if not cfg.isolate_trials:
         return LiveToolbox(settings)
     from haqa.agents.isolation import IsolatedToolbox
@@ -169,7 +174,12 @@ def default_toolbox(cfg: RunConfig, settings: ToolboxSettings) -> Toolbox:
         if cfg.trial_memory_limit
         else None
     )
-    return IsolatedToolbox(settings, timeout_s=cfg.trial_timeout_s, memory_limit_bytes=limit)
+    return IsolatedToolbox(
+        settings,
+        timeout_s=cfg.trial_timeout_s,
+        memory_limit_bytes=limit,
+        store_path=store_path,
+    )
 
 
 def _runtime(
@@ -246,8 +256,11 @@ def _setup(
         summary = f"{cfg.model} (recorded grid {cfg.tabular})"
         return goal, toolbox or tabular, grid_search_space(tabular.grid), summary
     goal, settings, summary = prepare(cfg)
+    # Whatever this run's toolbox (in-process included), nothing it measures may run beside the
+    # trial processes a killed run on this store left behind.
+    reap_strays(registry_dir(store.path))
     space = deploy_space(os.cpu_count() or 1)
-    return goal, toolbox or default_toolbox(cfg, settings), space, summary
+    return goal, toolbox or default_toolbox(cfg, settings, store.path), space, summary
 
 
 def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
