@@ -6,10 +6,11 @@ from typing import Any
 
 from haqa.agents.analyst.brief import make_brief, rank_quant_types
 from haqa.agents.brains.base import DecisionContext, TrialView
-from haqa.agents.brains.expert import QUANT_BITS, ExpertBrain
+from haqa.agents.brains.expert import ExpertBrain
 from haqa.agents.tuner.node import hardware_defaults
 from haqa.goal import Goal
 from haqa.graph.routing import next_route, stage_stop_reason, trials_since_improvement
+from haqa.quant import BITS_PER_WEIGHT
 from haqa.schemas import DeployConfig
 from haqa.space import deploy_space, finetune_space
 
@@ -154,12 +155,12 @@ def test_a_miss_with_a_quantized_kv_cache_is_not_blamed_on_the_weights() -> None
         feasible=False,
     )
     p = ExpertBrain().propose(_ctx([missed]))
-    assert QUANT_BITS[p.config["quant_type"]] < QUANT_BITS["Q8_0"], p.config
+    assert BITS_PER_WEIGHT[p.config["quant_type"]] < BITS_PER_WEIGHT["Q8_0"], p.config
     float_cache_miss = missed.model_copy(
         update={"config": {**missed.config, "type_k": "f16", "type_v": "f16"}}
     )
     p = ExpertBrain().propose(_ctx([float_cache_miss]))
-    assert QUANT_BITS[p.config["quant_type"]] > QUANT_BITS["Q8_0"], p.config
+    assert BITS_PER_WEIGHT[p.config["quant_type"]] > BITS_PER_WEIGHT["Q8_0"], p.config
 
 
 def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None:
@@ -198,3 +199,44 @@ def test_expert_bisects_between_a_type_that_kept_the_floor_and_one_that_missed_i
     p = brain.propose(_ctx([kept, missed, *also]))
     assert p.config["quant_type"] == "Q3_K_M", p.thought
     assert "between" in p.thought
+
+
+def test_expert_reaches_the_safer_types_before_it_gives_up() -> None:
+    """The real-model case: the three fastest 4-bit-ish types all missed a 1-point floor. With
+    budget left the expert measures types with more bits (Q5_K_M, Q6_K, Q8_0, ...) instead of
+    finishing with "no configuration met the goal", and never again a type at or below a miss."""
+    brain = ExpertBrain()
+    defaults = _ctx([]).defaults
+    history: list[TrialView] = []
+    for i, quant in enumerate(("Q4_0", "IQ4_NL", "Q4_K_M"), start=1):
+        history.append(
+            TrialView(
+                trial_id=i,
+                stage="deploy",
+                config={**defaults, "quant_type": quant},
+                status="ok",
+                accuracy=0.1,
+                objective=50.0,
+                feasible=False,
+            )
+        )
+    proposed = []
+    for i in range(4, 9):
+        p = brain.propose(_ctx(history))
+        if p.action == "finish":
+            break
+        proposed.append(p.config["quant_type"])
+        history.append(
+            TrialView(
+                trial_id=i,
+                stage="deploy",
+                config=p.config,
+                status="ok",
+                accuracy=0.1,
+                objective=40.0,
+                feasible=False,
+            )
+        )
+    assert proposed, "finished with budget left and the safer types untried"
+    assert all(BITS_PER_WEIGHT[q] > BITS_PER_WEIGHT["Q4_K_M"] for q in proposed), proposed
+    assert "Q8_0" in proposed and "Q6_K" in proposed, proposed

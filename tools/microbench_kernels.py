@@ -22,6 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
+from haqa.procs import CHILD_PRELUDE, child_env
+from haqa.schemas import RuntimeSettings
 
 TorchDtype = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 LlamaType = Literal["F16", "Q8_0", "Q4_0", "Q4_K_M"]
@@ -250,19 +252,14 @@ def write_one_layer_gguf(path: Path, hidden: int, ff: int, vocab: int = 256) -> 
 
 
 _LAYER_CHILD = r"""
-import ctypes, json, sys, time
-import llama_cpp as L
+import json, sys, time
+from pathlib import Path
+from haqa.tools.llama_session import ChildSettings, llama, load_model, new_context
 cfg = json.loads(sys.argv[1])
-_cb = L.llama_log_callback(lambda level, text, data: None)
-L.llama_log_set(_cb, ctypes.c_void_p(0))
-L.llama_backend_init()
-mp = L.llama_model_default_params()
-mp.use_extra_bufts = cfg["extra_bufts"]
-model = L.llama_model_load_from_file(cfg["model"].encode(), mp)
-cp = L.llama_context_default_params()
-cp.n_ctx, cp.n_batch, cp.n_ubatch = 1024, cfg["m"], cfg["m"]
-cp.n_threads = cp.n_threads_batch = cfg["threads"]
-ctx = L.llama_init_from_model(model, cp)
+L = llama()
+rt = ChildSettings(**cfg["runtime"])
+model = load_model(Path(cfg["model"]), rt, extra_bufts=cfg["extra_bufts"])
+ctx = new_context(model, rt)
 mem = L.llama_get_memory(ctx)
 def prompt():
     L.llama_memory_clear(mem, True)
@@ -341,19 +338,23 @@ def _run_layer_child(
     and without them when that crashes (some builds crash on prompt batches)."""
     note = None
     for extra in (True, False):
+        runtime = RuntimeSettings(
+            n_ctx=1024, n_batch=args.prompt_m, n_ubatch=args.prompt_m, n_threads=threads
+        )
         payload = {
             "model": str(path),
+            "runtime": runtime.model_dump(mode="json"),
             "m": args.prompt_m,
-            "threads": threads,
             "repeats": args.repeats,
             "n_gen": n_gen,
             "extra_bufts": extra,
         }
         proc = subprocess.run(
-            [sys.executable, "-c", _LAYER_CHILD, json.dumps(payload)],
+            [sys.executable, "-c", CHILD_PRELUDE + _LAYER_CHILD, json.dumps(payload)],
             capture_output=True,
             text=True,
             check=False,
+            env=child_env(),  # dies with this process (haqa.procs)
             timeout=300,
         )
         if proc.returncode == 0:

@@ -13,46 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Bits per weight of each llama.cpp type (block overhead included; K_M mixes approximated).
-BITS_PER_WEIGHT = {
-    "F32": 32.0,
-    "F16": 16.0,
-    "BF16": 16.0,
-    "Q8_0": 8.5,
-    "Q6_K": 6.5625,
-    "Q5_K_M": 5.69,
-    "Q5_0": 5.5,
-    "Q5_1": 6.0,
-    "Q4_K_M": 4.89,
-    "Q4_K_S": 4.58,
-    "Q4_0": 4.5,
-    "Q4_1": 5.0,
-    "IQ4_NL": 4.5,
-    "IQ4_XS": 4.25,
-    "Q3_K_M": 3.91,
-    "Q3_K_L": 4.27,
-    "Q3_K_S": 3.5,
-    "Q2_K": 3.35,
-}
-#: The measured type whose kernels a type shares (K-quants, legacy blocks, 16-bit floats): an
-#: unmeasured type is predicted to consume weights at its relative's measured rate.
-KERNEL_FAMILY = {
-    "Q4_K_S": "Q4_K_M",
-    "Q5_K_M": "Q4_K_M",
-    "Q5_K_S": "Q4_K_M",
-    "Q6_K": "Q4_K_M",
-    "Q3_K_M": "Q4_K_M",
-    "Q3_K_L": "Q4_K_M",
-    "Q3_K_S": "Q4_K_M",
-    "Q2_K": "Q4_K_M",
-    "IQ4_NL": "Q4_0",
-    "IQ4_XS": "Q4_0",
-    "Q4_1": "Q4_0",
-    "Q5_0": "Q4_0",
-    "Q5_1": "Q4_0",
-    "BF16": "F16",
-    "F32": "F16",
-}
+from haqa.quant import BITS_PER_WEIGHT, KERNEL_FAMILY
 
 
 def _llama_rows(micro: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,33 +17,13 @@ settings around the best configuration: threads, flash attention, micro-batch, K
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal, TrialView
+from haqa.quant import BITS_PER_WEIGHT
 from haqa.schemas import FLOAT_KV_CACHE_TYPES
 
-#: Bits per weight, roughly, to order types by aggressiveness (higher = safer accuracy).
-QUANT_BITS = {
-    "F32": 32.0,
-    "F16": 16.0,
-    "BF16": 16.0,
-    "Q8_0": 8.5,
-    "Q6_K": 6.56,
-    "Q5_K_M": 5.69,
-    "Q5_K_S": 5.54,
-    "Q5_1": 6.0,
-    "Q5_0": 5.5,
-    "Q4_K_M": 4.89,
-    "Q4_K_S": 4.58,
-    "Q4_1": 5.0,
-    "Q4_0": 4.5,
-    "IQ4_NL": 4.5,
-    "IQ4_XS": 4.25,
-    "Q3_K_L": 4.27,
-    "Q3_K_M": 3.91,
-    "Q3_K_S": 3.5,
-    "Q2_K": 3.35,
-}
 #: How many quantization types to measure before refining the runtime settings.
 QUANT_TYPES_TO_MEASURE = 3
 
@@ -112,105 +92,15 @@ class ExpertBrain:
     # -- deployment ------------------------------------------------------------------------
 
     def _deploy(self, ctx: DecisionContext) -> Proposal:
-        tried = {canonical(t.config) for t in ctx.history}
-        choices = [str(c) for c in (ctx.space.knob("quant_type").choices or ())]
-        rank_key = "quant_prefill_rank" if ctx.goal.metric == "prefill" else "quant_decode_rank"
-        ranked = [q for q in ctx.brief.get(rank_key, []) if q in choices]
-        ranked += [
-            q for q in sorted(choices, key=lambda q: QUANT_BITS.get(q, 16)) if q not in ranked
-        ]
-
-        # Accuracy risk first: with a tight accuracy floor, types under ~4.5 bits rarely hold it,
-        # so they are measured only after every safer type (and only if budget remains).
-        speed_order = list(ranked)  # fastest first, before the accuracy-risk partition
-        drop = ctx.goal.max_accuracy_drop
-        safe_bits = 4.5 if drop <= 0.02 else 3.9 if drop <= 0.05 else 0.0
-        ranked = [q for q in ranked if QUANT_BITS.get(q, 16) >= safe_bits] + [
-            q for q in ranked if QUANT_BITS.get(q, 16) < safe_bits
-        ]
-        measured_types = {t.config.get("quant_type") for t in ctx.history if t.status == "ok"}
-        # Misses the weights are to blame for: with a quantized K/V cache it may be the cache.
-        failed_accuracy = [
-            QUANT_BITS.get(str(t.config.get("quant_type")), 16)
-            for t in ctx.history
-            if t.status == "ok"
-            and not t.feasible
-            and t.accuracy is not None
-            and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
-            and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
-        ]
-        # Anything at or below the bits of a type that already missed the accuracy floor would too.
-        floor_bits = max(failed_accuracy) if failed_accuracy else 0.0
-
-        if len(measured_types) < QUANT_TYPES_TO_MEASURE:
-            for quant in ranked:
-                if quant in measured_types or QUANT_BITS.get(quant, 16) <= floor_bits:
-                    continue
-                candidate = {**ctx.defaults, "quant_type": quant}
-                if canonical(candidate) in tried:
-                    continue
-                position = ranked.index(quant) + 1
-                return Proposal(
-                    action="trial",
-                    config=candidate,
-                    thought=(
-                        f"policy: {quant} is #{position} by this machine's measured kernel speed "
-                        f"({rank_key.replace('_', ' ')}); runtime at the hardware defaults"
-                    ),
-                )
-
-        # Measured headroom: if the most aggressive type measured so far still met the accuracy
-        # floor, a faster, more aggressive type may too — the prior gives way to the evidence.
-        # When a bolder type already missed the floor, the types between the two are tried
-        # (a bisection on bits): the floor lies somewhere between them.
-        measured_ok = [t for t in ctx.history if t.status == "ok" and t.accuracy is not None]
-        kept_floor = [t for t in measured_ok if t.feasible]
-        if kept_floor:
-            boldest = min(kept_floor, key=lambda t: QUANT_BITS.get(str(t.config["quant_type"]), 16))
-            bold_name = str(boldest.config["quant_type"])
-            bold_bits = QUANT_BITS.get(bold_name, 16)
-            for quant in ranked:
-                bits = QUANT_BITS.get(quant, 16)
-                candidate = {**ctx.defaults, "quant_type": quant}
-                if (
-                    quant in measured_types
-                    or not floor_bits < bits < bold_bits
-                    or canonical(candidate) in tried
-                ):
-                    continue
-                if speed_order.index(quant) > speed_order.index(bold_name):
-                    continue  # not predicted faster: nothing to gain for the risk
-                why = (
-                    f"between {bold_name}, which kept the accuracy floor, and a "
-                    f"{floor_bits:g}-bit type that missed it"
-                    if failed_accuracy
-                    else f"{bold_name} kept the accuracy floor, so the faster {quant} may too"
-                )
-                return Proposal(
-                    action="trial",
-                    config=candidate,
-                    thought=f"policy: {quant} ({bits:g} bits): {why}",
-                )
-
-        best = ctx.incumbent()
-        if best is None:
-            return Proposal(
-                action="finish", thought="policy: no feasible configuration was measured"
-            )
-        for change, why in self._runtime_moves(best, ctx):
-            candidate = {**best.config, **change}
-            if canonical(candidate) in tried:
-                continue
-            try:
-                ctx.space.validate_config(change)
-            except Exception:
-                continue
-            if candidate.get("type_v", "f16") != "f16" and not candidate.get("flash_attn"):
-                continue
-            return Proposal(action="trial", config=candidate, thought=f"policy: {why}")
-        return Proposal(
-            action="finish", thought="policy: every neighbour of the best config was measured"
-        )
+        """The first policy that has a trial to propose, in this order: measure the ranked
+        types; recover accuracy with safer types when nothing measured kept the floor; probe the
+        headroom below the boldest type that kept it; refine the runtime settings of the best."""
+        view = _DeployView.of(ctx)
+        for policy in (_measure_ranked_types, _recover_accuracy, _probe_headroom):
+            proposal = policy(ctx, view)
+            if proposal is not None:
+                return proposal
+        return _refine_runtime(ctx, view)
 
     @staticmethod
     def _runtime_moves(best: TrialView, ctx: DecisionContext) -> list[tuple[dict[str, Any], str]]:
@@ -239,6 +129,164 @@ class ExpertBrain:
             )
         )
         return moves
+
+
+@dataclass(frozen=True)
+class _DeployView:
+    """What the deploy policies share: the tried configurations, the types ranked by this
+    machine's measured speed, and which bits already missed the accuracy floor."""
+
+    tried: set[str]
+    ranked: list[str]
+    speed_order: list[str]
+    rank_key: str
+    measured_types: set[str]
+    floor_bits: float
+    missed_floor: bool
+
+    @classmethod
+    def of(cls, ctx: DecisionContext) -> _DeployView:
+        choices = [str(c) for c in (ctx.space.knob("quant_type").choices or ())]
+        rank_key = "quant_prefill_rank" if ctx.goal.metric == "prefill" else "quant_decode_rank"
+        ranked = [q for q in ctx.brief.get(rank_key, []) if q in choices]
+        ranked += [q for q in sorted(choices, key=_bits) if q not in ranked]
+        speed_order = list(ranked)  # fastest first, before the accuracy-risk partition
+        # Accuracy risk first: with a tight accuracy floor, types under ~4.5 bits rarely hold it,
+        # so they are measured only after every safer type (and only if budget remains).
+        drop = ctx.goal.max_accuracy_drop
+        safe_bits = 4.5 if drop <= 0.02 else 3.9 if drop <= 0.05 else 0.0
+        ranked = [q for q in ranked if _bits(q) >= safe_bits] + [
+            q for q in ranked if _bits(q) < safe_bits
+        ]
+        # Misses the weights are to blame for: with a quantized K/V cache it may be the cache.
+        failed_accuracy = [
+            _bits(t.config.get("quant_type"))
+            for t in ctx.history
+            if t.status == "ok"
+            and not t.feasible
+            and t.accuracy is not None
+            and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
+            and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
+        ]
+        return cls(
+            tried={canonical(t.config) for t in ctx.history},
+            ranked=ranked,
+            speed_order=speed_order,
+            rank_key=rank_key,
+            measured_types={
+                str(t.config.get("quant_type")) for t in ctx.history if t.status == "ok"
+            },
+            # Anything at or below the bits of a type that already missed the floor would too.
+            floor_bits=max(failed_accuracy) if failed_accuracy else 0.0,
+            missed_floor=bool(failed_accuracy),
+        )
+
+    def untried(self, ctx: DecisionContext, quant: str) -> dict[str, Any] | None:
+        candidate = {**ctx.defaults, "quant_type": quant}
+        if quant in self.measured_types or canonical(candidate) in self.tried:
+            return None
+        return candidate
+
+
+def _bits(quant_type: object) -> float:
+    return BITS_PER_WEIGHT.get(str(quant_type), 16.0)
+
+
+def _measure_ranked_types(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
+    """The first few types in this machine's measured speed order, skipping any type at or below
+    the bits of one that already missed the accuracy floor."""
+    if len(view.measured_types) >= QUANT_TYPES_TO_MEASURE:
+        return None
+    for quant in view.ranked:
+        candidate = view.untried(ctx, quant)
+        if candidate is None or _bits(quant) <= view.floor_bits:
+            continue
+        return Proposal(
+            action="trial",
+            config=candidate,
+            thought=(
+                f"policy: {quant} is #{view.ranked.index(quant) + 1} by this machine's measured "
+                f"kernel speed ({view.rank_key.replace('_', ' ')}); runtime at the hardware "
+                "defaults"
+            ),
+        )
+    return None
+
+
+def _recover_accuracy(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
+    """Nothing measured kept the accuracy floor: try the types with more bits than any that
+    missed it, fastest first, before giving up. On a real model the floor is often held only by
+    8-bit or 6-bit weights; finishing with budget left and those untried would answer "no
+    configuration met the goal" to a goal that Q8_0 meets."""
+    if ctx.incumbent() is not None or not view.missed_floor:
+        return None
+    safer = [q for q in view.speed_order if _bits(q) > view.floor_bits]
+    for quant in safer:
+        candidate = view.untried(ctx, quant)
+        if candidate is None:
+            continue
+        return Proposal(
+            action="trial",
+            config=candidate,
+            thought=(
+                f"policy: no type measured so far kept the accuracy floor; {quant} "
+                f"({_bits(quant):g} bits) has more bits than every type that missed it"
+            ),
+        )
+    return None
+
+
+def _probe_headroom(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
+    """Measured headroom: if the most aggressive type measured so far still met the accuracy
+    floor, a faster, more aggressive type may too — the prior gives way to the evidence. When a
+    bolder type already missed the floor, the types between the two are tried (a bisection on
+    bits): the floor lies somewhere between them."""
+    kept_floor = [
+        t for t in ctx.history if t.status == "ok" and t.accuracy is not None and t.feasible
+    ]
+    if not kept_floor:
+        return None
+    boldest = min(kept_floor, key=lambda t: _bits(t.config["quant_type"]))
+    bold_name = str(boldest.config["quant_type"])
+    bold_bits = _bits(bold_name)
+    for quant in view.ranked:
+        bits = _bits(quant)
+        candidate = view.untried(ctx, quant)
+        if candidate is None or not view.floor_bits < bits < bold_bits:
+            continue
+        if view.speed_order.index(quant) > view.speed_order.index(bold_name):
+            continue  # not predicted faster: nothing to gain for the risk
+        why = (
+            f"between {bold_name}, which kept the accuracy floor, and a "
+            f"{view.floor_bits:g}-bit type that missed it"
+            if view.missed_floor
+            else f"{bold_name} kept the accuracy floor, so the faster {quant} may too"
+        )
+        return Proposal(
+            action="trial", config=candidate, thought=f"policy: {quant} ({bits:g} bits): {why}"
+        )
+    return None
+
+
+def _refine_runtime(ctx: DecisionContext, view: _DeployView) -> Proposal:
+    """The runtime settings around the best configuration, one move at a time."""
+    best = ctx.incumbent()
+    if best is None:
+        return Proposal(action="finish", thought="policy: no feasible configuration was measured")
+    for change, why in ExpertBrain._runtime_moves(best, ctx):
+        candidate = {**best.config, **change}
+        if canonical(candidate) in view.tried:
+            continue
+        try:
+            ctx.space.validate_config(change)
+        except Exception:
+            continue
+        if candidate.get("type_v", "f16") != "f16" and not candidate.get("flash_attn"):
+            continue
+        return Proposal(action="trial", config=candidate, thought=f"policy: {why}")
+    return Proposal(
+        action="finish", thought="policy: every neighbour of the best config was measured"
+    )
 
 
 def _round(x: float) -> float:
