@@ -1,12 +1,21 @@
 """One step of a searching agent (planner or tuner), the same shape for both:
 
-build the dynamic prompt → ask the brain → validate (schema, search space) → memory gate →
-run the trial (or reuse it if this run already finished it: resume never runs a trial twice) →
-record the trial and tell the agent what happened.
+build the dynamic prompt → ask the brain → validate (schema, search space) → repeat check →
+memory gate → run the trial → record the trial and tell the agent what happened.
 
 An invalid proposal goes back to the brain as an observation with the reason; after
 ``max_invalid_in_row`` invalid answers the step falls back to the ``expert`` policy, and the trace
 says so. Invalid proposals are counted per run.
+
+A proposal of a configuration this run already has a trial of is a *repeat*: nothing runs, the
+brain is told so (with the earlier result), and a ``pruned`` trial is recorded, which counts
+against the stage's budget and patience — any brain may repeat itself, and a repeat that cost
+nothing would let a run spin forever. The one exception is a resumed run: each trial stored before
+it resumed answers one proposal of its configuration as before (a replayed decision reuses its
+trial, never runs it twice).
+
+Whatever the brain answers, a stage ends: the wall-clock limit, the user's stop and a cap on the
+proposals asked per stage are checked before every question to the brain, not only between trials.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from haqa.agents.runtime import (
     ROLE_USER,
     RunRuntime,
     canonical,
+    search_config,
 )
 from haqa.config import validation_message
 from haqa.errors import HaqaError, failure_reason
+from haqa.graph.routing import brain_call_cap, counted
 from haqa.schemas import DeployConfig, FinetuneConfig, TrialMetrics
 from haqa.store import TrialRecord, TrialResult, utcnow
 from haqa.units import format_bytes
@@ -84,17 +95,52 @@ def ensure_system_prompt(rt: RunRuntime, agent: str, text: str) -> None:
     rt.say(agent, ROLE_SYSTEM, text)
 
 
+class StageOver(Exception):
+    """The stage must end before the brain is asked again; the message says why."""
+
+
+class StepStopped(Exception):
+    """The user stopped the run while the brain was being asked: the step ends without a
+    decision and the stage stays open, so a resumed run goes on with it."""
+
+
+def stage_budget(rt: RunRuntime, stage: str) -> int:
+    """The stage's trial budget."""
+    return rt.budgets.finetune_trials if stage == "finetune" else rt.budgets.deploy_trials
+
+
+def check_before_asking(rt: RunRuntime, stage: str) -> None:
+    """Raise ``StageOver`` (or ``StepStopped``) when the brain may not be asked again.
+
+    Checked before *every* question, not only between trials: a brain's answers that run nothing
+    (invalid proposals, the fallback's) must not carry a run past its wall-clock limit nor keep a
+    stopped run waiting, and a stage that somehow never produces a countable action ends at
+    ``brain_call_cap``."""
+    if rt.past_deadline:
+        raise StageOver(f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached")
+    if rt.control.stop.is_set():
+        raise StepStopped("stopped by the user")
+    cap = brain_call_cap(stage_budget(rt, stage), rt.budgets.max_invalid_in_row)
+    if rt.brain_calls.get(stage, 0) >= cap:
+        raise StageOver(f"{cap} proposals asked in this stage without reaching its budget")
+    rt.brain_calls[stage] = rt.brain_calls.get(stage, 0) + 1
+
+
 def decide(
     rt: RunRuntime,
     ctx: DecisionContext,
     *,
     parse: Callable[[dict[str, Any]], BaseModel],
 ) -> tuple[Proposal, BaseModel | None]:
-    """Ask the brain until it gives a valid proposal, falling back to the expert policy."""
+    """Ask the brain until it gives a valid proposal, falling back to the expert policy.
+
+    Raises ``StageOver`` when the stage must end first, ``StepStopped`` when the user stopped the
+    run (see ``check_before_asking``)."""
     brain: Brain = rt.brain
     using_expert = brain is rt.expert  # type: ignore[comparison-overlap]
     invalid_in_row = 0
     while True:
+        check_before_asking(rt, ctx.stage)
         proposal: Proposal | None = None
         try:
             proposal = brain.propose(ctx)
@@ -165,12 +211,109 @@ def record_decision(rt: RunRuntime, agent: str, proposal: Proposal) -> None:
 
 
 def find_finished(rt: RunRuntime, stage: str, config: dict[str, Any]) -> TrialRecord | None:
-    """A trial of this run with the same configuration that already ended (resume reuses it)."""
+    """A trial of this run with the same configuration that already ended (resume reuses it).
+
+    The configuration is matched exactly, bookkeeping keys included, so a pruned repeat
+    (``repeat_of``) or a re-measurement (``remeasure_of``) never stands for the trial itself."""
     key = canonical(config)
     for t in rt.trials(stage):
         if canonical(t.config) == key:
             return t
     return None
+
+
+def decision_trials(rt: RunRuntime, stage: str, config: dict[str, Any]) -> list[TrialRecord]:
+    """This run's trials that answered a proposal of this configuration, in order: its trial and
+    any pruned repeats of it (measurements — base, reference, anchor, re-measurement — left out)."""
+    key = canonical(search_config(config))
+    return [
+        t
+        for t in rt.trials(stage)
+        if "role" not in t.config
+        and "remeasure_of" not in t.config
+        and canonical(search_config(t.config)) == key
+    ]
+
+
+def _outcome(rt: RunRuntime, stage: str, trial: TrialRecord) -> str:
+    """What became of a trial, in a line the brain reads (its re-measurement if it has one)."""
+    if trial.status == "rejected":
+        return f"the memory gate rejected it ({trial.error})"
+    if trial.status != "ok":
+        return f"it failed ({trial.error})"
+    again = [
+        t
+        for t in rt.trials(stage)
+        if t.config.get("remeasure_of") == trial.trial_id and t.status == "ok"
+    ]
+    current = again[-1] if again else trial
+    m = current.metrics
+    parts = [
+        f"accuracy {m.accuracy:.3f}" if m.accuracy is not None else "",
+        f"pp {m.prefill_tps:.1f} tok/s" if m.prefill_tps is not None else "",
+        f"tg {m.decode_tps:.1f} tok/s" if m.decode_tps is not None else "",
+        f"peak {format_bytes(m.peak_mem_bytes)}" if m.peak_mem_bytes is not None else "",
+    ]
+    measured = ", ".join(p for p in parts if p) or "no figures"
+    return f"trial {current.trial_id} measured it: {measured}"
+
+
+def _tell_repeat(
+    rt: RunRuntime, *, agent: str, stage: str, original: TrialRecord, pruned: TrialRecord
+) -> None:
+    left = stage_budget(rt, stage) - counted(rt.views(stage))
+    rt.say(
+        agent,
+        ROLE_OBSERVATION,
+        f"repeat: you proposed the configuration of trial {original.trial_id} again; "
+        f"{_outcome(rt, stage, original)}. Nothing ran: the repeat is recorded as trial "
+        f"{pruned.trial_id} (pruned) and counts against the budget ({max(left, 0)} left). "
+        "Propose a configuration that is not in the history, or finish.",
+        tool_name="repeat",
+        tool_args={"repeat_of": original.trial_id, "trial_id": pruned.trial_id},
+    )
+
+
+def answer_repeat(rt: RunRuntime, *, agent: str, stage: str, config: dict[str, Any]) -> bool:
+    """Answer a proposal of a configuration this run already has a trial of; True when it was
+    answered here and the step is over, False when the proposal goes on to the gate and the run.
+
+    A live repeat runs nothing: a ``pruned`` trial (``repeat_of`` the first trial of the
+    configuration) is recorded, counted against the stage's budget and patience, and the brain is
+    told it repeated itself, with the earlier result. A resumed run replays the decisions it made
+    before it stopped, so each trial stored before this process started answers one proposal of
+    its configuration as it did then: a measured, failed or rejected one goes on to be reused by
+    ``run_trial`` (or the gate), never run again; a stored pruned repeat is told again, and no new
+    trial is recorded."""
+    same = decision_trials(rt, stage, config)
+    if not same:
+        return False
+    stored = next(
+        (t for t in same if rt.stored_before(t.trial_id) and t.trial_id not in rt.claimed), None
+    )
+    by_id = {t.trial_id: t for t in same}
+    if stored is not None:
+        rt.claimed.add(stored.trial_id)
+        if stored.status != "pruned":
+            return False
+        original = by_id.get(int(stored.config.get("repeat_of", same[0].trial_id)), same[0])
+        _tell_repeat(rt, agent=agent, stage=stage, original=original, pruned=stored)
+        return True
+    original = same[0]
+    now = utcnow()
+    pruned = rt.add_trial(
+        TrialResult(
+            stage=stage,
+            tool="repeat",
+            config={**config, "repeat_of": original.trial_id},
+            status="pruned",
+            error=f"repeat of trial {original.trial_id}: nothing ran",
+            started_at=now,
+            finished_at=now,
+        )
+    )
+    _tell_repeat(rt, agent=agent, stage=stage, original=original, pruned=pruned)
+    return True
 
 
 def run_trial(
@@ -182,7 +325,12 @@ def run_trial(
     config: dict[str, Any],
     work: Callable[[], TrialMetrics],
 ) -> TrialRecord:
-    """Run ``work`` as a trial, or return this run's finished trial of the same configuration."""
+    """Run ``work`` as a trial, or return this run's finished trial of the same configuration.
+
+    The reuse is what makes a resumed run safe (a measurement that was stored is never taken
+    twice); a search proposal reaches it only through ``answer_repeat``, which lets a stored trial
+    answer one replayed decision of a resumed run and turns every other repeat into a counted
+    ``pruned`` trial."""
     done = find_finished(rt, stage, config)
     if done is not None:
         rt.say(
@@ -286,13 +434,16 @@ def ask_brain(
     extra: str = "",
 ) -> Proposal:
     """One decision of a searching agent: write its dynamic prompt, ask the brain (validated,
-    with the expert fallback), record the decision. A ``trial`` proposal is complete and valid."""
+    with the expert fallback), record the decision. A ``trial`` proposal is complete and valid.
+
+    Raises ``StageOver`` when the stage must end before the brain answers (the node ends it),
+    ``StepStopped`` when the user stopped the run (the node ends the step, the supervisor the
+    run)."""
     from haqa.agents.readonly import RunReadOnlyTools
 
     space = rt.finetune_space if stage == "finetune" else rt.deploy_space
-    budget = rt.budgets.finetune_trials if stage == "finetune" else rt.budgets.deploy_trials
     feedback = last_feedback(rt, agent)
-    budget_left = budget - sum(1 for v in views if v.status in ("ok", "failed", "rejected"))
+    budget_left = stage_budget(rt, stage) - counted(views)
     prompt = dynamic_prompt(
         rt, views=views, knobs=space.names, budget_left=budget_left, feedback=feedback, extra=extra
     )

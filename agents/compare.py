@@ -57,11 +57,10 @@ def grid_truth(
 
     def truth(config: dict[str, Any]) -> float | None:
         first = TrialMetrics.model_validate(toolbox._lookup(config)[0])
-        floor = None if reference is None else reference - goal.max_accuracy_drop - 1e-9
-        if floor is not None and first.accuracy is not None and first.accuracy < floor:
+        if not goal.keeps_accuracy(first.accuracy, reference):
             return None
         predicted = toolbox.estimate_deploy(config)["total_bytes"]  # type: ignore[arg-type]
-        if goal.memory_budget_bytes is not None and predicted > goal.memory_budget_bytes:
+        if not goal.fits_memory(predicted):
             return None
         return toolbox.mean_objective(config, goal.objective)
 

@@ -67,14 +67,31 @@ class RunRuntime:
     seed: int = 0
     measurement: MeasurementPolicy = field(default_factory=MeasurementPolicy)
     invalid_proposals: int = 0
+    #: Proposals asked for per stage by this process (the brain's and the expert fallback's),
+    #: held under ``brain_call_cap``.
+    brain_calls: dict[str, int] = field(default_factory=dict)
+    #: Trials stored before this process started (a resumed run) that a decision of this process
+    #: has been answered with: each answers one replayed decision, once.
+    claimed: set[int] = field(default_factory=set)
     # Append-only caches of this run's trace and trials: read from the store once (a resumed
     # run), then extended by every write this process makes. The store stays the record.
     _messages: list[MessageRecord] | None = None
     _trials: list[TrialRecord] | None = None
+    _stored_before: frozenset[int] = frozenset()
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    @property
+    def past_deadline(self) -> bool:
+        """The wall-clock limit is reached: no trial starts and no brain is asked any more."""
+        return self.elapsed_s >= self.budgets.wall_clock_s
+
+    def stored_before(self, trial_id: int) -> bool:
+        """Whether the trial was in the store before this process started (a resumed run)."""
+        self._all_trials()
+        return trial_id in self._stored_before
 
     def say(
         self,
@@ -120,6 +137,7 @@ class RunRuntime:
     def _all_trials(self) -> list[TrialRecord]:
         if self._trials is None:
             self._trials = self.store.list_trials(self.run_id)
+            self._stored_before = frozenset(t.trial_id for t in self._trials)
         return self._trials
 
     def supervisor_marks(self) -> set[str]:
@@ -192,9 +210,15 @@ class RunRuntime:
         return out
 
 
+#: Bookkeeping keys of a trial's stored configuration: ``role`` (a measurement that is not a
+#: search trial), ``remeasure_of`` (measured again after a drift), ``repeat_of`` (a repeated
+#: proposal, pruned without running).
+BOOKKEEPING_KEYS = ("role", "remeasure_of", "repeat_of")
+
+
 def search_config(config: dict[str, Any]) -> dict[str, Any]:
     """A trial's configuration as the search sees it: without bookkeeping keys."""
-    return {k: v for k, v in config.items() if k not in ("role", "remeasure_of")}
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
 
 
 def canonical(config: dict[str, Any]) -> str:

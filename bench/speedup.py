@@ -18,6 +18,7 @@ from _common import ratio, reproduce_line
 
 from haqa.agents.supervisor.result import llama_defaults
 from haqa.errors import HaqaError
+from haqa.goal import Goal
 from haqa.schemas import DeployConfig
 from haqa.store import Store
 
@@ -26,17 +27,16 @@ def _types_below_floor(store: Store, run_id: str) -> set[str]:
     """Quant types whose deployed accuracy this run measured below its accuracy floor."""
     run = store.get_run(run_id)
     reference = (run.result or {}).get("reference_accuracy")
-    drop = float((run.goal or {}).get("max_accuracy_drop", 0.0))
-    if reference is None:
+    if reference is None or run.goal is None:
         return set()
+    goal = Goal.model_validate(run.goal)
     return {
         str(t.config["quant_type"])
         for t in store.list_trials(run_id)
         if t.stage == "deploy"
         and "role" not in t.config
         and t.status == "ok"
-        and t.metrics.accuracy is not None
-        and t.metrics.accuracy < reference - drop - 1e-9
+        and not goal.keeps_accuracy(t.metrics.accuracy, reference)
     }
 
 

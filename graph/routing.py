@@ -30,17 +30,26 @@ class Budgets(BaseModel):
     max_invalid_in_row: int = Field(3, ge=1, le=20, description="then fall back to expert")
 
 
+#: Trial statuses that count against a stage's budget and its patience. ``pruned`` is a repeated
+#: proposal (a configuration this run already has a trial of): nothing runs, but it spends a step
+#: of the budget as a duplicate suggestion spends one of optuna's ``n_trials`` — otherwise a brain
+#: that repeats itself would never reach the end of its budget.
+COUNTED_STATUSES = ("ok", "failed", "rejected", "pruned")
+
+
 def counted(history: Sequence[TrialView]) -> int:
-    """Trials that count against a stage's budget: measured, failed or rejected by the gate."""
-    return sum(1 for t in history if t.status in ("ok", "failed", "rejected"))
+    """Trials that count against a stage's budget: measured, failed, rejected by the gate, or
+    pruned as a repeat."""
+    return sum(1 for t in history if t.status in COUNTED_STATUSES)
 
 
 def trials_since_improvement(history: Sequence[TrialView]) -> int:
-    """How many counted trials since the best feasible objective last improved."""
+    """How many counted trials since the best feasible objective last improved (a repeat never
+    improves anything)."""
     best: float | None = None
     since = 0
     for t in history:
-        if t.status not in ("ok", "failed", "rejected"):
+        if t.status not in COUNTED_STATUSES:
             continue
         if t.feasible and t.objective is not None and (best is None or t.objective > best):
             best = t.objective
@@ -70,6 +79,17 @@ def stage_stop_reason(
     if roofline is not None and roofline_stop is not None and roofline >= roofline_stop:
         return f"roofline efficiency {roofline:.2f} >= {roofline_stop:.2f}"
     return None
+
+
+def brain_call_cap(budget: int, max_invalid_in_row: int) -> int:
+    """The most proposals one stage may ask for in one process, a safety net under the stop rules.
+
+    Every step of a stage ends with a counted trial, a resumed run's recorded decision (at most one
+    per stored trial, so at most ``budget``) or the end of the stage, and asks at most
+    ``max_invalid_in_row`` answers of the brain and as many of the expert fallback. So a stage
+    needs at most ``2 * max_invalid_in_row * (2 * budget + 1)`` proposals; past this cap something
+    produces neither a countable action nor an end, and the stage is ended instead of spinning."""
+    return 4 * max_invalid_in_row * (budget + 1)
 
 
 def measured_stop(rt: Any, patience: int) -> int:

@@ -64,6 +64,27 @@ class Goal(Strict):
             )
         return cls(metric=text, max_accuracy_drop=drop, memory_budget_bytes=budget)  # type: ignore[arg-type]
 
+    def keeps_accuracy(self, accuracy: float | None, reference: float | None) -> bool:
+        """Accuracy at or above ``reference - max_accuracy_drop`` (a tolerance of 1e-9 absorbs
+        float rounding); true when either side was not measured: nothing to judge."""
+        if accuracy is None or reference is None:
+            return True
+        return accuracy >= reference - self.max_accuracy_drop - 1e-9
+
+    def fits_memory(self, peak_bytes: int | None) -> bool:
+        """Within the memory budget (true without a budget or a figure)."""
+        budget = self.memory_budget_bytes
+        return budget is None or peak_bytes is None or peak_bytes <= budget
+
+    def feasible(self, metrics: TrialMetrics, reference: float | None) -> bool:
+        """The supervisor's rule for a measured deployment: it measured what the goal
+        maximises, kept the accuracy floor and fits the memory budget."""
+        return (
+            self.objective(metrics) is not None
+            and self.keeps_accuracy(metrics.accuracy, reference)
+            and self.fits_memory(metrics.peak_mem_bytes)
+        )
+
     def objective(self, metrics: TrialMetrics) -> float | None:
         """Higher is better; None when the trial did not measure what the goal needs."""
         pp, tg = metrics.prefill_tps, metrics.decode_tps

@@ -181,17 +181,7 @@ def feasible(run: RunRecord, trial: TrialRecord, reference: float | None) -> boo
     goal = goal_of(run)
     if goal is None or trial.status != "ok" or trial.stage != "deploy" or role_of(trial):
         return False
-    if goal.objective(trial.metrics) is None:
-        return False
-    acc = trial.metrics.accuracy
-    if (
-        reference is not None
-        and acc is not None
-        and acc < reference - goal.max_accuracy_drop - 1e-9
-    ):
-        return False
-    budget, peak = goal.memory_budget_bytes, trial.metrics.peak_mem_bytes
-    return not (budget is not None and peak is not None and peak > budget)
+    return goal.feasible(trial.metrics, reference)
 
 
 @dataclass(frozen=True)
@@ -252,14 +242,16 @@ def pareto_front(points: Sequence[tuple[int, float, float]]) -> list[tuple[int, 
 
 
 def budget_used(run: RunRecord, trials: Sequence[TrialRecord]) -> tuple[int, int | None]:
-    """Search trials counted against the budget, and the run's total budget (None if unknown)."""
+    """Search trials counted against the budget, and the run's total budget (None if unknown).
+    As in the stop rules (``haqa.graph.routing.COUNTED_STATUSES``), a repeated proposal pruned
+    without running counts too."""
     replaced = superseded(list(trials))
     used = sum(
         1
         for t in trials
         if not role_of(t)
         and t.trial_id not in replaced
-        and t.status in ("ok", "failed", "rejected")
+        and t.status in ("ok", "failed", "rejected", "pruned")
     )
     budgets = (run.config or {}).get("budgets") or {}
     try:

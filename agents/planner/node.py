@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from haqa.agents.common import (
+    StageOver,
+    StepStopped,
+    answer_repeat,
     ask_brain,
     ensure_system_prompt,
     report_trial,
@@ -71,6 +74,10 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
         space=space_text(rt.finetune_space),
     )
     ensure_system_prompt(rt, AGENT, static)
+    if rt.past_deadline and not rt.views(STAGE):
+        # Past the limit before the first fine-tune: no search follows, so the base model's
+        # accuracy, which only that search needs, is not measured either.
+        return finish_stage(rt, f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached")
     base_trial(rt)
     views = rt.views(STAGE)
     stop = stage_stop_reason(
@@ -85,14 +92,22 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
     if stop:
         return finish_stage(rt, stop)
 
-    proposal = ask_brain(
-        rt, agent=AGENT, stage=STAGE, static=static, views=views,
-        defaults=dict(rt.finetune_defaults), brief=brief,
-    )  # fmt: skip
+    try:
+        proposal = ask_brain(
+            rt, agent=AGENT, stage=STAGE, static=static, views=views,
+            defaults=dict(rt.finetune_defaults), brief=brief,
+        )  # fmt: skip
+    except StepStopped:  # the supervisor ends the run; the stage stays open for a resume
+        return {}
+    except StageOver as over:  # the wall clock or the proposal cap
+        return finish_stage(rt, str(over))
     if proposal.action == "finish":
         return finish_stage(rt, f"{rt.brain.name} chose to finish: {proposal.thought}")
     config = FinetuneConfig.model_validate(proposal.config)
 
+    # A repeat runs nothing but counts against the budget (see ``answer_repeat``).
+    if answer_repeat(rt, agent=AGENT, stage=STAGE, config=proposal.config):
+        return {}
     if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
         return {}
 

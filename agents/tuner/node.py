@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from haqa.agents.common import (
+    StageOver,
+    StepStopped,
+    answer_repeat,
     ask_brain,
     ensure_system_prompt,
     report_trial,
@@ -76,6 +79,12 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         space=space_text(rt.deploy_space),
     )
     ensure_system_prompt(rt, AGENT, static)
+    if rt.past_deadline and not rt.views(STAGE):
+        # Past the limit before the first deployment: no search follows, so the reference
+        # accuracy, which only its trials are judged by, is not measured either.
+        reason = f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached"
+        rt.mark("deploy_done", f"deployment stage finished: {reason}", reason=reason)
+        return {}
     reference = reference_accuracy(rt, adapter)
     views = rt.views(STAGE, reference)
     best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
@@ -120,10 +129,16 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         if reference is not None
         else ""
     )
-    proposal = ask_brain(
-        rt, agent=AGENT, stage=STAGE, static=static, views=views, defaults=defaults,
-        brief=brief, extra=extra,
-    )  # fmt: skip
+    try:
+        proposal = ask_brain(
+            rt, agent=AGENT, stage=STAGE, static=static, views=views, defaults=defaults,
+            brief=brief, extra=extra,
+        )  # fmt: skip
+    except StepStopped:  # the supervisor ends the run; the stage stays open for a resume
+        return {}
+    except StageOver as over:  # the wall clock or the proposal cap
+        rt.mark("deploy_done", f"deployment stage finished: {over}", reason=str(over))
+        return {}
     if proposal.action == "finish":
         rt.mark(
             "deploy_done",
@@ -133,6 +148,9 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         return {}
     config = DeployConfig.model_validate(proposal.config)
 
+    # A repeat runs nothing but counts against the budget (see ``answer_repeat``).
+    if answer_repeat(rt, agent=AGENT, stage=STAGE, config=proposal.config):
+        return {}
     if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
         return {}
 
