@@ -134,3 +134,17 @@ def test_header_reader_agrees_with_gguf_reader(tiny_model: Path) -> None:
             else:
                 assert value == pytest.approx(field.contents()), key
         assert header.data_end == path.stat().st_size
+
+
+def test_an_already_quantized_gguf_is_requantized_and_says_so(tiny_f16: Path) -> None:
+    """A user's GGUF may arrive quantized (the zoo's SmolLM2 ships as Q4_1): quantizing it again
+    needs llama.cpp's allow_requantize, and the result names the type it was made from; its
+    header's weight mix is reported, shares summing to one."""
+    q8 = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q8_0"))
+    assert q8.requantized_from is None
+    assert q8.weights.file_type == "Q8_0" and 8.0 < q8.weights.bits_per_weight < 9.0
+    again = quantize_gguf(QuantizeArgs(gguf=q8.gguf_path, quant_type="Q4_0"))
+    assert again.requantized_from == "Q8_0"
+    assert again.weights.file_type == "Q4_0"
+    assert sum(again.weights.type_share.values()) == pytest.approx(1.0)
+    assert again.weights.bits_per_weight < q8.weights.bits_per_weight

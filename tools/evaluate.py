@@ -66,6 +66,11 @@ class Result(BaseModel):
     per_kind: dict[str, KindScore]
     backend: Literal["hf", "gguf"]
     eval_time_s: float
+    correct: str = Field(
+        "",
+        description="one character per example, in order: 1 right, 0 wrong (acc) — what a "
+        "paired comparison of two models on the same questions needs",
+    )
 
 
 def load_examples(task_files: Sequence[Path], limit: int | None = None) -> list[MCExample]:
@@ -109,6 +114,16 @@ def score(
     all_hits = [h for hs in hits.values() for h in hs]
     n = max(1, len(all_hits))
     return sum(a for a, _ in all_hits) / n, sum(b for _, b in all_hits) / n, per_kind
+
+
+def correct_answers(examples: Sequence[MCExample], logliks: Sequence[float]) -> str:
+    """'1'/'0' per example: whether its right choice has the highest log-likelihood (acc)."""
+    out, i = [], 0
+    for ex in examples:
+        lls = list(logliks[i : i + len(ex.choices)])
+        i += len(ex.choices)
+        out.append("1" if max(range(len(lls)), key=lls.__getitem__) == ex.answer else "0")
+    return "".join(out)
 
 
 def split_tokens(tokenizer: object, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -210,4 +225,5 @@ def evaluate(args: Args) -> Result:
         per_kind=per_kind,
         backend=backend,
         eval_time_s=round(time.monotonic() - started, 3),
+        correct=correct_answers(examples, logliks),
     )

@@ -10,13 +10,16 @@ when it exits. Quantization runs in-process through ``llama_cpp.llama_model_quan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -28,7 +31,7 @@ from haqa.modelref import GGUF_MAGIC, check_hf_causal_lm
 from haqa.paths import artifacts_dir
 from haqa.procs import child_env, python_module_command
 from haqa.schemas import GGUF_QUANT_TYPES, GgufQuantType
-from haqa.tools.gguf_header import read_gguf_header
+from haqa.tools.gguf_header import WeightMix, read_gguf_header, weight_mix
 
 Outtype = Literal["F32", "F16", "BF16"]
 
@@ -87,6 +90,12 @@ class QuantizeResult(BaseModel):
     n_params: int
     cached: bool = Field(description="true when the quantization was already in the cache")
     time_s: float
+    requantized_from: str | None = Field(
+        None,
+        description="the input's own quantized file type when it was not a float GGUF: its "
+        "weights were dequantized and quantized again, so they carry both roundings",
+    )
+    weights: WeightMix = Field(description="the result's tensor types and effective bits")
 
 
 class GgufInfo(BaseModel):
@@ -226,6 +235,39 @@ def _convert(model: Path, outtype: Outtype, final: Path) -> None:
     tmp.replace(final)
 
 
+@contextlib.contextmanager
+def _fallback_lines_dropped() -> Iterator[None]:
+    """llama-quantize prints one line per tensor that falls back to another type (180 lines for
+    SmolLM2's Q2_K) straight to file descriptor 2; the result's ``weights.fallback_share`` says
+    the same in one figure. Everything else it prints passes through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            kept = [ln for ln in text.splitlines() if "falling back" not in ln]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+#: Tensor types a GGUF's weights may have and still count as unquantized.
+_FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+
+
+def quantized_source_type(src: Path) -> str | None:
+    """The file type of a GGUF whose matrices are already quantized (None for a float GGUF)."""
+    mix = weight_mix(src)
+    if all(t in _FLOAT_TYPES for t in mix.type_share):
+        return None
+    return mix.file_type or next(t for t in mix.type_share if t not in _FLOAT_TYPES)
+
+
 def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
     from haqa.tools.llama_session import llama
 
@@ -233,9 +275,13 @@ def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant_type])
+    # A GGUF handed over already quantized (a user's Q4_1 file) is quantized again from its
+    # dequantized weights, as llama-quantize --allow-requantize does; the result says so.
+    params.allow_requantize = quantized_source_type(src) is not None
     params.nthread = os.cpu_count() or 1
     tmp = _atomic_target(final)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    with _fallback_lines_dropped():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama_model_quantize to {quant_type} failed (code {rc})")
@@ -324,4 +370,6 @@ def quantize_gguf(args: QuantizeArgs) -> QuantizeResult:
         n_params=info.n_params,
         cached=cached,
         time_s=time.perf_counter() - t0,
+        requantized_from=quantized_source_type(src),
+        weights=weight_mix(out),
     )

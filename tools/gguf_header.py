@@ -217,3 +217,64 @@ def read_gguf_header(path: Path) -> GgufHeader:
         )
     except (ValueError, struct.error, OSError) as exc:
         raise HaqaError(f"{path} is a truncated or corrupt GGUF ({exc}): re-export it") from None
+
+
+class WeightMix(BaseModel):
+    """What a GGUF's weights actually are, from its header: the mix of tensor types, the effective
+    bits per weight, and how much of the file type's base type fell back to another because its
+    rows do not divide into the base type's blocks (a hidden size of 576 is not a multiple of the
+    K-quants' 256, so on such a model most of a Q2_K file is Q4_0)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file_type: str | None = Field(None, description="llama.cpp file type (general.file_type)")
+    bits_per_weight: float = Field(description="8 x tensor bytes / parameters, all tensors")
+    type_share: dict[str, float] = Field(
+        description="share of the matrix weights (2-D tensors) stored in each ggml type"
+    )
+    fallback_share: float = Field(
+        0.0,
+        description="share of the matrix weights whose rows do not fit the file type's base "
+        "type's blocks, so llama.cpp stored them in a fallback type",
+    )
+
+    def summary(self) -> str:
+        """One line: 'Q2_K, 4.21 bits/weight: Q4_0 61%, Q2_K 27%, Q6_K 12% (61% fell back)'."""
+        mix = ", ".join(
+            f"{t} {share:.0%}"
+            for t, share in sorted(self.type_share.items(), key=lambda kv: -kv[1])
+            if share >= 0.005
+        )
+        head = f"{self.file_type or 'GGUF'}, {self.bits_per_weight:.2f} bits/weight"
+        fell = (
+            f" ({self.fallback_share:.0%} fell back from the base type)"
+            if self.fallback_share
+            else ""
+        )
+        return f"{head}: {mix}{fell}"
+
+
+def weight_mix(path: Path) -> WeightMix:
+    """The tensor-type mix and effective bits of a GGUF file (header only)."""
+    from haqa.quant import BLOCK, FTYPE_BASE, FTYPE_IDS
+
+    header = read_gguf_header(path)
+    ftype_id = header.int_field("general.file_type")
+    file_type = FTYPE_IDS.get(ftype_id) if ftype_id is not None else None
+    base = FTYPE_BASE.get(file_type or "")
+    block = BLOCK.get(base or "", (1, 0))[0]
+    matrices = [t for t in header.tensors if len([d for d in t.shape if d > 1]) >= 2]
+    total = sum(t.n_elements for t in matrices) or 1
+    share: dict[str, float] = {}
+    fell = 0
+    for t in matrices:
+        share[t.ggml_type] = share.get(t.ggml_type, 0.0) + t.n_elements / total
+        if base and t.shape[0] % block != 0 and t.ggml_type != base:
+            fell += t.n_elements
+    n_params = sum(t.n_elements for t in header.tensors) or 1
+    return WeightMix(
+        file_type=file_type,
+        bits_per_weight=8.0 * sum(t.n_bytes for t in header.tensors) / n_params,
+        type_share=share,
+        fallback_share=fell / total,
+    )
