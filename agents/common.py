@@ -38,13 +38,12 @@ from haqa.agents.runtime import (
     ROLE_USER,
     RunRuntime,
     canonical,
-    search_config,
 )
 from haqa.config import validation_message
 from haqa.errors import HaqaError, failure_reason
 from haqa.graph.routing import brain_call_cap, counted
 from haqa.schemas import DeployConfig, FinetuneConfig, TrialMetrics
-from haqa.store import TrialRecord, TrialResult, utcnow
+from haqa.store import TrialRecord, TrialResult, search_config, utcnow
 from haqa.units import format_bytes
 
 PROMPTS = Path(__file__).parent
@@ -226,13 +225,7 @@ def decision_trials(rt: RunRuntime, stage: str, config: dict[str, Any]) -> list[
     """This run's trials that answered a proposal of this configuration, in order: its trial and
     any pruned repeats of it (measurements — base, reference, anchor, re-measurement — left out)."""
     key = canonical(search_config(config))
-    return [
-        t
-        for t in rt.trials(stage)
-        if "role" not in t.config
-        and "remeasure_of" not in t.config
-        and canonical(search_config(t.config)) == key
-    ]
+    return [t for t in rt.trials(stage) if t.answers_proposal and canonical(t.search_config) == key]
 
 
 def _outcome(rt: RunRuntime, stage: str, trial: TrialRecord) -> str:
@@ -241,11 +234,7 @@ def _outcome(rt: RunRuntime, stage: str, trial: TrialRecord) -> str:
         return f"the memory gate rejected it ({trial.error})"
     if trial.status != "ok":
         return f"it failed ({trial.error})"
-    again = [
-        t
-        for t in rt.trials(stage)
-        if t.config.get("remeasure_of") == trial.trial_id and t.status == "ok"
-    ]
+    again = [t for t in rt.trials(stage) if t.remeasure_of == trial.trial_id and t.status == "ok"]
     current = again[-1] if again else trial
     m = current.metrics
     parts = [
@@ -296,7 +285,8 @@ def answer_repeat(rt: RunRuntime, *, agent: str, stage: str, config: dict[str, A
         rt.claimed.add(stored.trial_id)
         if stored.status != "pruned":
             return False
-        original = by_id.get(int(stored.config.get("repeat_of", same[0].trial_id)), same[0])
+        first = same[0].trial_id if stored.repeat_of is None else stored.repeat_of
+        original = by_id.get(first, same[0])
         _tell_repeat(rt, agent=agent, stage=stage, original=original, pruned=stored)
         return True
     original = same[0]

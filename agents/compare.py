@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from haqa.agents.grid import TabularToolbox
 from haqa.errors import HaqaError
 from haqa.goal import Goal
-from haqa.schemas import TrialMetrics
 from haqa.store import Store, iter_grid_configs
 
 REACH = 0.98
@@ -56,7 +55,7 @@ def grid_truth(
     reference = toolbox.reference(None).accuracy
 
     def truth(config: dict[str, Any]) -> float | None:
-        first = TrialMetrics.model_validate(toolbox._lookup(config)[0])
+        first = toolbox.first_repeat(config)
         if not goal.keeps_accuracy(first.accuracy, reference):
             return None
         predicted = toolbox.estimate_deploy(config)["total_bytes"]  # type: ignore[arg-type]
@@ -80,7 +79,7 @@ def _curve(
     best = 0.0
     curve = []
     for t in store.list_trials(run_id, stage="deploy"):
-        if "role" in t.config:
+        if not t.is_search:
             continue
         if t.status == "ok":
             value = truth(t.config)

@@ -160,6 +160,11 @@ class TabularToolbox:
             raise HaqaError(f"configuration {key} is not in grid {self.grid.grid_id}")
         return found
 
+    def first_repeat(self, config: DeployConfig | dict[str, Any]) -> TrialMetrics:
+        """The first recorded measurement of this configuration (its accuracy, its predicted
+        memory, its test accuracy: what every repeat shares)."""
+        return TrialMetrics.from_stored(self._lookup(config)[0])
+
     def _next(self, config: DeployConfig | dict[str, Any]) -> dict[str, Any]:
         """The next recorded repeat of this configuration (cycling), as a live run would see
         a fresh measurement."""
@@ -182,30 +187,29 @@ class TabularToolbox:
         raise HaqaError("a tabular run has no fine-tuning stage: use --finetune-trials 0")
 
     def reference(self, adapter: str | None) -> TrialMetrics:
-        point = self._first_of("F16")
-        return TrialMetrics(accuracy=point.get("accuracy"))
+        return TrialMetrics(accuracy=self._first_of("F16").accuracy)
 
-    def _first_of(self, quant: str) -> dict[str, Any]:
+    def _first_of(self, quant: str) -> TrialMetrics:
         """The first recorded measurement of any configuration of this quant type (a grid keeps
         the K/V cache at f16, so accuracy depends on the type alone)."""
         for point in iter_grid_configs(self.grid.space):
             if point["quant_type"] == quant:
-                return self._lookup(point)[0]
+                return self.first_repeat(point)
         raise HaqaError(f"grid {self.grid.grid_id} has no {quant} configuration")
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-        return TrialMetrics.model_validate(self._next(config))
+        return TrialMetrics.from_stored(self._next(config))
 
     def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
-        return TrialMetrics.model_validate(
+        return TrialMetrics.from_stored(
             self._next(DeployConfig(quant_type=quant_type, **runtime.model_dump()))  # type: ignore[arg-type]
         )
 
     def final_test(self, config: DeployConfig, adapter: str | None) -> float:
-        return float(self._lookup(config)[0].get("test_accuracy") or 0.0)
+        return float(self.first_repeat(config).test_accuracy or 0.0)
 
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
-        return {"total_bytes": self._lookup(config)[0].get("predicted_peak_mem_bytes") or 0}
+        return {"total_bytes": self.first_repeat(config).predicted_peak_mem_bytes or 0}
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         return {"total_bytes": 0}
@@ -215,6 +219,6 @@ class TabularToolbox:
     ) -> float | None:
         """The configuration's objective averaged over its recorded repeats (the truth a
         brain's noisy observations estimate)."""
-        values = [objective(TrialMetrics.model_validate(m)) for m in self._lookup(config)]
+        values = [objective(TrialMetrics.from_stored(m)) for m in self._lookup(config)]
         clean = [v for v in values if v is not None]
         return sum(clean) / len(clean) if clean else None

@@ -96,6 +96,8 @@ def _tail(log: Path) -> str:
 class IsolatedToolbox:
     """The same interface as ``LiveToolbox``; every call that measures runs in a child process."""
 
+    recorded = False
+
     def __init__(
         self,
         settings: ToolboxSettings,

@@ -20,7 +20,7 @@ from haqa.goal import Goal
 from haqa.graph.routing import Budgets
 from haqa.schemas import MeasurementPolicy
 from haqa.space import SearchSpace
-from haqa.store import MessageRecord, Store, TrialRecord, TrialResult, superseded
+from haqa.store import MessageRecord, Store, TrialRecord, TrialResult, search_trials
 
 #: Roles written to ``messages``.
 ROLE_SYSTEM = "system"  # an agent's static prompt
@@ -169,34 +169,22 @@ class RunRuntime:
         return [t for t in self._all_trials() if stage is None or t.stage == stage]
 
     def views(self, stage: str, reference_accuracy: float | None = None) -> list[TrialView]:
-        """The stage's search trials as brains see them (baselines and references left out)."""
+        """The stage's search trials as brains see them (baselines and references left out; a
+        trial measured again after drift is replaced by its re-measurement)."""
         out = []
-        trials = self.trials(stage)
-        # A trial measured again after drift is replaced by its re-measurement.
-        replaced = superseded(trials)
-        for t in trials:
-            if t.config.get("role") in ("baseline", "reference", "base", "anchor", "test", "final"):
-                continue
-            if t.trial_id in replaced:
-                continue
+        for t in search_trials(self.trials(stage)):
             m = t.metrics
             if stage == "finetune":
                 objective = m.accuracy
                 feasible = t.status == "ok" and m.accuracy is not None
             else:
                 objective = self.goal.objective(m) if t.status == "ok" else None
-                feasible = t.status == "ok" and objective is not None
-                if feasible and reference_accuracy is not None and m.accuracy is not None:
-                    floor = reference_accuracy - self.goal.max_accuracy_drop - 1e-9
-                    feasible = m.accuracy >= floor
-                budget = self.goal.memory_budget_bytes
-                if feasible and budget is not None and m.peak_mem_bytes is not None:
-                    feasible = m.peak_mem_bytes <= budget
+                feasible = t.status == "ok" and self.goal.feasible(m, reference_accuracy)
             out.append(
                 TrialView(
                     trial_id=t.trial_id,
                     stage=t.stage,
-                    config=search_config(t.config),
+                    config=t.search_config,
                     status=t.status,
                     error=t.error,
                     accuracy=m.accuracy,
@@ -208,17 +196,6 @@ class RunRuntime:
                 )
             )
         return out
-
-
-#: Bookkeeping keys of a trial's stored configuration: ``role`` (a measurement that is not a
-#: search trial), ``remeasure_of`` (measured again after a drift), ``repeat_of`` (a repeated
-#: proposal, pruned without running).
-BOOKKEEPING_KEYS = ("role", "remeasure_of", "repeat_of")
-
-
-def search_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's configuration as the search sees it: without bookkeeping keys."""
-    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
 
 
 def canonical(config: dict[str, Any]) -> str:

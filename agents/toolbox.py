@@ -50,6 +50,10 @@ class ToolboxSettings(BaseModel):
 
 
 class Toolbox(Protocol):
+    #: True when the answers come from recorded measurements (a grid): nothing measured again
+    #: gives a new figure, so the supervisor skips the closing re-measurement of the answer.
+    recorded: bool
+
     def probe(self) -> dict[str, Any]: ...
 
     def microbench(self) -> dict[str, Any]: ...
@@ -73,6 +77,8 @@ class Toolbox(Protocol):
 
 class LiveToolbox:
     """Runs the real tools in this process."""
+
+    recorded = False
 
     def __init__(self, settings: ToolboxSettings) -> None:
         self.s = settings

@@ -11,8 +11,12 @@ import importlib
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from haqa.agents.toolbox import Toolbox
 
 # Nothing heavy above: the worker arms its death with the parent (``main``'s first line) before
 # it spends seconds importing the toolbox, torch or llama.cpp.
@@ -24,6 +28,23 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
+
+
+def _method(toolbox: Toolbox, name: str) -> Callable[..., Any]:
+    """The measuring method of the ``Toolbox`` interface the parent asked for, by name."""
+    methods: dict[str, Callable[..., Any]] = {
+        "probe": toolbox.probe,
+        "microbench": toolbox.microbench,
+        "evaluate_base": toolbox.evaluate_base,
+        "finetune": toolbox.finetune,
+        "reference": toolbox.reference,
+        "deploy": toolbox.deploy,
+        "baseline": toolbox.baseline,
+        "final_test": toolbox.final_test,
+    }
+    if name not in methods:
+        raise ValueError(f"unknown toolbox method {name!r}: one of {', '.join(methods)}")
+    return methods[name]
 
 
 def main(argv: list[str]) -> int:
@@ -43,7 +64,7 @@ def main(argv: list[str]) -> int:
     toolbox = factory(ToolboxSettings.model_validate(request["settings"]))
     args = [decode_arg(a) for a in request["args"]]
     try:
-        value = getattr(toolbox, request["method"])(*args)
+        value = _method(toolbox, request["method"])(*args)
         reply: dict[str, Any] = {"ok": True, "value": _jsonable(value)}
     except HaqaError as exc:
         reply = {"ok": False, "user_error": True, "error": str(exc)}

@@ -46,7 +46,7 @@ def main() -> int:
     def time_to_best(run_id: str) -> float | None:
         spent = 0.0
         for t in scratch.list_trials(run_id, stage="deploy"):
-            if "role" in t.config:
+            if not t.is_search:
                 continue
             spent += cost.get(config_key({k: t.config[k] for k in knobs}), 0.0)
             value = truth(t.config) if t.status == "ok" else None

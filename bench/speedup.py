@@ -34,7 +34,7 @@ def _types_below_floor(store: Store, run_id: str) -> set[str]:
         str(t.config["quant_type"])
         for t in store.list_trials(run_id)
         if t.stage == "deploy"
-        and "role" not in t.config
+        and t.is_search
         and t.status == "ok"
         and not goal.keeps_accuracy(t.metrics.accuracy, reference)
     }

@@ -11,21 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from haqa.store import RunRecord, Store, TrialRecord, superseded
+from haqa.store import RunRecord, Store, TrialRecord, search_trials
 from haqa.units import format_bytes
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
-
-
-def _search_trials(trials: list[TrialRecord], stage: str) -> list[TrialRecord]:
-    replaced = superseded(trials)
-    return [
-        t
-        for t in trials
-        if t.stage == stage and "role" not in t.config and t.trial_id not in replaced
-    ]
 
 
 def pareto_front(
@@ -47,7 +38,7 @@ def _plots(run: RunRecord, trials: list[TrialRecord], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    deploy = [t for t in _search_trials(trials, "deploy") if t.status == "ok"]
+    deploy = [t for t in search_trials(trials, "deploy") if t.status == "ok"]
     points = [
         (t.metrics.accuracy, t.metrics.decode_tps, t.trial_id)
         for t in deploy
@@ -71,7 +62,7 @@ def _plots(run: RunRecord, trials: list[TrialRecord], out: Path) -> list[str]:
     goal = run.goal or {}
     metric = goal.get("metric", "decode")
     values = []
-    for t in _search_trials(trials, "deploy"):
+    for t in search_trials(trials, "deploy"):
         m = t.metrics
         v = {"decode": m.decode_tps, "prefill": m.prefill_tps}.get(metric, m.decode_tps)
         values.append((t.trial_id, v if t.status == "ok" else None))
@@ -131,7 +122,7 @@ def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
                 else ""
             )
         )
-    anchors = [t for t in trials if t.config.get("role") == "anchor"]
+    anchors = [t for t in trials if t.role == "anchor"]
     if not anchors:
         lines += ["- anchor checks: none in this run", ""]
         return lines
@@ -141,31 +132,31 @@ def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for t in anchors:
-        extra = t.metrics.model_extra or {}
-        drift = extra.get("drift")
+        check = t.metrics
         if t.status != "ok":
             outcome = f"failed: {t.error}"
-        elif extra.get("level_changed"):
-            outcome = "lasting change: new level; marked " + _ids(extra.get("marked"))
-        elif extra.get("drifted"):
+        elif check.level_changed:
+            outcome = "lasting change: new level; marked " + _ids(check.marked)
+        elif check.drifted:
             outcome = "drift: re-tried"
-        elif extra.get("marked"):
-            outcome = "steady again; marked " + _ids(extra.get("marked"))
+        elif check.marked:
+            outcome = "steady again; marked " + _ids(check.marked)
         else:
             outcome = "steady"
+        anchor_of = "-" if check.anchor_of is None else check.anchor_of
         lines.append(
-            f"| {t.trial_id} | {extra.get('anchor_of', '-')} | {_fmt(t.metrics.decode_tps)} | "
-            f"{'-' if drift is None else format(float(drift), '+.1%')} | {outcome} |"
+            f"| {t.trial_id} | {anchor_of} | {_fmt(check.decode_tps)} | "
+            f"{'-' if check.drift is None else format(check.drift, '+.1%')} | {outcome} |"
         )
-    again = [t for t in trials if "remeasure_of" in t.config]
+    again = [(t.remeasure_of, t) for t in trials if t.remeasure_of is not None]
     if again:
         by_id = {t.trial_id: t for t in trials}
         lines += ["", "Measured again after drift (the new measurement replaces the old):", ""]
-        for t in again:
-            old = by_id.get(int(t.config["remeasure_of"]))
+        for old_id, t in again:
+            old = by_id.get(old_id)
             before = old.metrics.decode_tps if old else None
             lines.append(
-                f"- trial {t.config['remeasure_of']} → trial {t.trial_id}: decode "
+                f"- trial {old_id} → trial {t.trial_id}: decode "
                 f"{_fmt(before)} → {_fmt(t.metrics.decode_tps)} tok/s"
             )
     return [*lines, ""]

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 BnbQuant = Literal["nf4", "fp4", "int8"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
@@ -73,11 +80,11 @@ class FinetuneConfig(Strict):
     target_modules: tuple[str, ...] = Field(
         DEFAULT_TARGET_MODULES, min_length=1, description="module names that get an adapter"
     )
-    learning_rate: float = Field(5e-3, gt=0.0, le=1.0, description="peak AdamW learning rate")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="peak AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
-    batch_size: int = Field(16, ge=1, le=1024, description="examples per micro-batch")
+    batch_size: int = Field(8, ge=1, le=1024, description="examples per micro-batch")
     grad_accum: int = Field(1, ge=1, le=256, description="micro-batches per optimiser step")
-    max_steps: int = Field(60, ge=1, le=1_000_000, description="optimiser steps (if no epochs)")
+    max_steps: int = Field(120, ge=1, le=1_000_000, description="optimiser steps (if no epochs)")
     epochs: float | None = Field(
         None, gt=0.0, le=100.0, description="passes over the data; overrides max_steps"
     )
@@ -175,11 +182,29 @@ class DeployConfig(RuntimeSettings):
         return RuntimeSettings(**self.model_dump(exclude={"quant_type"}))
 
 
+#: The figures every trial stores (the store's ``trials`` table has a column for each).
+COMMON_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "acc_norm",
+    "prefill_tps",
+    "decode_tps",
+    "peak_mem_bytes",
+    "artifact_bytes",
+    "decode_rsd",
+    "prefill_rsd",
+)
+
+
 class TrialMetrics(BaseModel):
-    """What a trial measured; all optional (a fine-tune has no tok/s, a bench no accuracy)."""
+    """What a trial measured; all optional (a fine-tune has no tok/s, a bench no accuracy).
 
-    model_config = ConfigDict(extra="allow")
+    Every field is declared: an undeclared key is an error when a trial is built, so a typo
+    cannot store a figure nothing reads. Rows written by older versions are loaded with
+    ``from_stored``, which is lenient about keys this version no longer knows."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    # -- the common figures (``COMMON_METRICS``) ----------------------------------------------
     accuracy: float | None = Field(None, description="multiple-choice accuracy, 0..1")
     acc_norm: float | None = Field(None, description="length-normalised accuracy, 0..1")
     prefill_tps: float | None = Field(None, description="prompt processing tokens/s (pp)")
@@ -188,6 +213,77 @@ class TrialMetrics(BaseModel):
     artifact_bytes: int | None = Field(None, description="size of the produced artifact")
     decode_rsd: float | None = Field(None, description="relative stddev of the tg samples")
     prefill_rsd: float | None = Field(None, description="relative stddev of the pp samples")
+
+    # -- an evaluation -----------------------------------------------------------------------
+    per_kind: dict[str, dict[str, float | int]] | None = Field(
+        None, description="accuracy, acc_norm and example count n per task kind"
+    )
+    eval_backend: Literal["hf", "gguf"] | None = Field(
+        None, description="what scored the answers: the HF model (torch) or a GGUF (llama.cpp)"
+    )
+    test_accuracy: float | None = Field(
+        None, description="accuracy on the test split (a recorded grid point carries it)"
+    )
+
+    # -- a fine-tune -------------------------------------------------------------------------
+    adapter_path: str | None = Field(None, description="folder of the trained LoRA adapter")
+    final_loss: float | None = Field(None, description="mean training loss of the last steps")
+    train_time_s: float | None = Field(None, description="seconds spent training")
+    seed: int | None = Field(None, description="the seed the fine-tune ran with, where reported")
+    peak_gpu_mem_bytes: int | None = Field(None, description="CUDA peak allocated (GPU runs)")
+
+    # -- a benchmark -------------------------------------------------------------------------
+    roofline_efficiency: float | None = Field(
+        None, description="decode_tps × bytes_per_token ÷ bandwidth (1.0 = memory-bound peak)"
+    )
+    bytes_per_token: float | None = Field(
+        None, description="bytes read from memory per generated token"
+    )
+    benchmark: dict[str, Any] | None = Field(
+        None, description="the benchmark's full result (tests, spreads), without raw samples"
+    )
+    gguf: str | None = Field(None, description="path of the GGUF file that was benchmarked")
+
+    # -- the memory gate ---------------------------------------------------------------------
+    predicted_peak_mem_bytes: int | None = Field(
+        None, description="peak memory the estimate predicted (a rejected trial, a grid point)"
+    )
+
+    # -- an anchor check (``agents/tuner/anchor.py``) ----------------------------------------
+    anchor_of: int | None = Field(None, description="the trial whose configuration was re-run")
+    drift: float | None = Field(
+        None, description="decode tok/s relative to the anchor's level, minus 1 (-0.1: 10% slower)"
+    )
+    drifted: bool | None = Field(None, description="the drift exceeded the threshold")
+    level: float | None = Field(
+        None, description="the anchor's new decode tok/s level after a lasting change"
+    )
+    level_changed: bool | None = Field(
+        None, description="the re-tries ran out: the machine's speed changed for good"
+    )
+    marked: list[int] | None = Field(
+        None, description="trials this check marked for re-measurement"
+    )
+
+    # -- a CLI command's trial (``haqa.trialrun``) -------------------------------------------
+    result: dict[str, Any] | None = Field(
+        None, description="the tool's full result, less what the fields above already hold"
+    )
+
+    @model_serializer(mode="wrap")
+    def _measured_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The common figures always, the others only where measured: a stored row holds what
+        its trial measured, as it did before these fields were declared."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k in COMMON_METRICS or v is not None}
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> TrialMetrics:
+        """Metrics as the store holds them (a trial's row, a grid point), written by this or an
+        older version. A key this version does not declare is left out rather than refused:
+        an old file must stay readable, the row itself keeps the key, and nothing here reads
+        it. Known keys are validated as usual."""
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
 
 
 class MeasurementPolicy(Strict):

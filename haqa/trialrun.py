@@ -51,16 +51,19 @@ def run_as_trial(
             None,
         )
     measured = metrics(result)
-    # The full tool result goes with the metrics, so nothing a tool measured is lost.
-    extra = {
-        k: v for k, v in result.model_dump(mode="json").items() if k not in measured.model_fields
+    # The full tool result goes with the metrics, so nothing a tool measured is lost; what the
+    # metrics already hold is not repeated.
+    rest = {
+        k: v
+        for k, v in result.model_dump(mode="json").items()
+        if k not in measured.model_fields_set
     }
     return (
         TrialResult(
             stage=stage,
             tool=tool,
             config=config,
-            metrics=TrialMetrics(**measured.model_dump(), **{"result": extra}),
+            metrics=measured.model_copy(update={"result": rest}),
             status="ok",
             started_at=started,
             finished_at=utcnow(),

@@ -18,7 +18,7 @@ command -v tmux >/dev/null || { echo "tmux is not installed (apt-get install -y 
 DB="$OUT/demo.duckdb"
 rm -f "$DB"
 "$PY" -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; \
-from test_tui_store import fill_store; fill_store(Path('$DB'))"
+from support.demo_store import fill_store; fill_store(Path('$DB'))"
 # tmux starts commands with its server's environment, not ours: pass HAQA_HOME on.
 ENV="env HAQA_HOME='${HAQA_HOME:-}'"
 [[ -n "${HAQA_HOME:-}" ]] || ENV=""

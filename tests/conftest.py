@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zoo_fixtures import tiny_build, tiny_home, tiny_model  # noqa: F401
+from support.zoo import tiny_build, tiny_home, tiny_model  # noqa: F401
 
 from haqa.store import Store
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from llm_stub import serve, text_answer, tool_call
-from tests_support import small_run_config
+from support.llm_stub import serve, text_answer, tool_call
+from support.runs import small_run_config
 
 from haqa.agents.supervisor.result import RunResult
 from haqa.graph.routing import Budgets
@@ -41,7 +41,7 @@ def _search(store: Store, run_id: str) -> list[tuple[str, str]]:
     return [
         (t.stage, json.dumps(t.config, sort_keys=True))
         for t in store.list_trials(run_id)
-        if "role" not in t.config
+        if t.is_search
     ]
 
 
@@ -56,24 +56,22 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
     agents = {m.agent for m in store.list_messages(run_id)}
     assert {"supervisor", "analyst", "planner", "tuner"} <= agents
     trials = store.list_trials(run_id)
-    stages = [t.stage for t in trials if "role" not in t.config]
+    stages = [t.stage for t in trials if t.is_search]
     assert stages.count("finetune") == 1 and 1 <= stages.count("deploy") <= 3
     # The answer is a measured, feasible trial of this run, and the decisions are in the trace.
     best = next(t for t in trials if t.trial_id == result.best_trial_id)
     assert best.status == "ok" and best.metrics.decode_tps == result.search_decode_tps
     # ... measured again before and after the baselines; the answer's speed is their mean.
-    finals = [t for t in trials if t.config.get("role") == "final"]
+    finals = [t for t in trials if t.role == "final"]
     assert [t.trial_id for t in finals] == result.final_trial_ids and len(finals) == 2
     assert all(t.config["quant_type"] == best.config["quant_type"] for t in finals)
-    assert finals[0].trial_id < min(
-        t.trial_id for t in trials if t.config.get("role") == "baseline"
-    )
+    assert finals[0].trial_id < min(t.trial_id for t in trials if t.role == "baseline")
     assert result.decode_tps == pytest.approx(sum(t.metrics.decode_tps or 0 for t in finals) / 2)
     decisions = [m for m in store.list_messages(run_id) if m.role == "decision"]
     assert len(decisions) >= len(stages)
     assert all(m.content for m in store.list_messages(run_id))
     # Speedups are measured against llama.cpp's defaults on the same model, stored as trials.
-    baselines = [t for t in trials if t.config.get("role") == "baseline"]
+    baselines = [t for t in trials if t.role == "baseline"]
     assert sorted(t.config["quant_type"] for t in baselines) == ["F16", "Q4_K_M"]
     f16 = next(b for b in baselines if b.config["quant_type"] == "F16")
     assert result.speedup_decode["F16"] == pytest.approx(
@@ -158,8 +156,8 @@ def test_openai_brain_against_a_stub_server_survives_bad_answers(
     trials = store.list_trials(run_id)
     rejected = [t for t in trials if t.status == "rejected"]
     assert len(rejected) == 1 and rejected[0].config["n_ctx"] == 1048576
-    assert rejected[0].metrics.predicted_peak_mem_bytes > 2**30  # type: ignore[attr-defined]
-    executed = [t for t in trials if t.status == "ok" and "role" not in t.config]
+    assert rejected[0].metrics.predicted_peak_mem_bytes > 2**30
+    executed = [t for t in trials if t.status == "ok" and t.is_search]
     assert all(t.config.get("n_threads") != 999 for t in executed)
     assert all(t.config.get("n_ctx") != 1048576 for t in executed)
     assert any(m.role == "tool_call" and m.tool_name == "query_trials" for m in messages)
@@ -277,7 +275,7 @@ def test_memory_gate_on_the_200m_model_never_runs_what_does_not_fit(
     rejected = {t.config["quant_type"]: t for t in trials if t.status == "rejected"}
     assert set(rejected) == {"F16", "Q8_0"}
     for quant, t in rejected.items():
-        assert t.metrics.predicted_peak_mem_bytes == need[quant]  # type: ignore[attr-defined]
+        assert t.metrics.predicted_peak_mem_bytes == need[quant]
     # Nothing that does not fit was deployed or benchmarked (the reference accuracy of the tiny
     # model's F16 GGUF is an evaluation of the small model, not a deployment of the 200M one).
     deployed = [t for t in trials if t.tool in ("deploy_trial", "benchmark_llamacpp")]

@@ -3,21 +3,14 @@ atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from support.zoo import bench_200m_gguf
 
 from haqa.errors import HaqaError
 from haqa.zoo import bench_shapes
-
-
-def bench_200m_gguf(request: pytest.FixtureRequest, tokenizer_dir: Path) -> Path:
-    """bench-200m built once per version of bench_shapes.py (in pytest's cache)."""
-    key = hashlib.sha256(Path(bench_shapes.__file__).read_bytes()).hexdigest()[:12]
-    root = Path(request.config.cache.mkdir(f"haqa-bench-200m-{key}"))
-    return bench_shapes.build("bench-200m", root / "bench-200m", tokenizer_dir)
 
 
 def test_shapes_are_the_advertised_sizes() -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bench_shapes import bench_200m_gguf
+from support.zoo import bench_200m_gguf
 
 from haqa.errors import HaqaError
 from haqa.schemas import DeployConfig, FinetuneConfig

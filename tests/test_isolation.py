@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faulty_toolbox import HANG, OOM, RAISE, SEGFAULT, USER_ERROR
+from support.faulty_toolbox import FACTORY as FAULTY_FACTORY
+from support.faulty_toolbox import HANG, OOM, RAISE, SEGFAULT, USER_ERROR
 
 from haqa.agents.isolation import IsolatedToolbox, TrialCrash
 from haqa.agents.toolbox import ToolboxSettings
@@ -28,7 +29,7 @@ def box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> IsolatedToolbox:
         settings,
         timeout_s=8,
         memory_limit_bytes=400 << 20,
-        factory="faulty_toolbox:FaultyToolbox",
+        factory=FAULTY_FACTORY,
     )
 
 

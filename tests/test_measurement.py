@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests_support import small_run_config
+from support.runs import small_run_config
 
 from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
 from haqa.agents.tuner.anchor import _affected, anchor_state
@@ -111,18 +111,18 @@ def test_drift_marks_the_trials_measured_under_it_and_measures_them_again(
     assert result is not None and result.found
 
     trials = store.list_trials(run_id)
-    search = [t for t in trials if t.stage == "deploy" and "role" not in t.config]
+    search = [t for t in trials if t.stage == "deploy" and t.is_search]
     _, second, third = search[:3]
-    anchors = [t for t in trials if t.config.get("role") == "anchor"]
+    anchors = [t for t in trials if t.role == "anchor"]
     # The check under the neighbour drifts; re-tries follow until one is steady (at most 2).
     assert 2 <= len(anchors) <= 3
-    checks = [a.metrics.model_extra or {} for a in anchors]
+    checks = [a.metrics.model_dump() for a in anchors]
     assert checks[0]["drifted"] is True and float(checks[0]["drift"]) < -0.2
     assert all(c["drifted"] is True for c in checks[:-1])
     assert checks[-1]["drifted"] is False and not checks[-1].get("level_changed")
     assert checks[-1]["marked"] == [second.trial_id, third.trial_id]  # the anchor's own: level
 
-    again = {int(t.config["remeasure_of"]): t for t in trials if "remeasure_of" in t.config}
+    again = {t.remeasure_of: t for t in trials if t.remeasure_of is not None}
     assert sorted(again) == [second.trial_id, third.trial_id]
     assert superseded(trials) == {second.trial_id, third.trial_id}
     slowed, remeasured = third.metrics.decode_tps or 0, again[third.trial_id].metrics.decode_tps

@@ -9,8 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from llm_stub import http_error, serve, tool_call
+from support.llm_stub import http_error, serve, tool_call
 
+from haqa.agents.runtime import ROLE_INVALID
 from haqa.errors import HaqaError
 from haqa.redact import REDACTED, redact
 from haqa.store import Store, TrialResult, utcnow
@@ -34,7 +35,7 @@ def test_store_and_errors_never_hold_the_key(store: Store, monkeypatch: pytest.M
     store.add_message(
         run.run_id,
         agent="tuner",
-        role="invalid",
+        role=ROLE_INVALID,
         content=f"AuthenticationError: Incorrect API key provided: {KEY}",
         tool_args={"headers": {"Authorization": f"Bearer {KEY}"}},
     )

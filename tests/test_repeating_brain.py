@@ -10,18 +10,22 @@ are under test here, not the measurements, so each run takes a second or two.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.instant import (
+    InstantToolbox,
+    ScriptedBrain,
+    drive,
+    instant_runtime,
+)
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal
 from haqa.agents.brains.react import InvalidAnswer
 from haqa.agents.common import StageOver, decide
 from haqa.agents.runtime import RunControl, RunRuntime
 from haqa.goal import Goal
-from haqa.graph.build import build_graph
 from haqa.graph.routing import (
     Budgets,
     brain_call_cap,
@@ -31,59 +35,8 @@ from haqa.graph.routing import (
 )
 from haqa.schemas import (
     DeployConfig,
-    FinetuneConfig,
-    MeasurementPolicy,
-    RuntimeSettings,
-    TrialMetrics,
 )
-from haqa.space import deploy_space, finetune_space
 from haqa.store import MessageRecord, Store
-
-#: The graph's step limit in these tests: far above what a bounded run takes (a few dozen
-#: steps), far below what a spinning one would reach, so a regression fails instead of hanging.
-RECURSION_LIMIT = 600
-
-
-class InstantToolbox:
-    """Every tool answers with fixed figures; a search deployment takes ``trial_s`` seconds."""
-
-    def __init__(self, trial_s: float = 0.0) -> None:
-        self.trial_s = trial_s
-        self.deployed: list[str] = []
-
-    def probe(self) -> dict[str, Any]:
-        return {"cpu_model": "fake", "physical_cores": 2, "logical_cores": 2, "fingerprint": "f"}
-
-    def microbench(self) -> dict[str, Any]:
-        return {"rows": [], "implications": []}
-
-    def evaluate_base(self) -> TrialMetrics:
-        return TrialMetrics(accuracy=0.5)
-
-    def finetune(self, config: FinetuneConfig) -> TrialMetrics:
-        return TrialMetrics(accuracy=0.4, peak_mem_bytes=1 << 30)
-
-    def reference(self, adapter: str | None) -> TrialMetrics:
-        return TrialMetrics(accuracy=0.5)
-
-    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-        self.deployed.append(config.quant_type)
-        time.sleep(self.trial_s)
-        return TrialMetrics(
-            accuracy=0.5, prefill_tps=100.0, decode_tps=20.0, peak_mem_bytes=1 << 30
-        )
-
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
-        return TrialMetrics(accuracy=0.5, prefill_tps=90.0, decode_tps=10.0)
-
-    def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
-        return {"total_bytes": 1 << 30}
-
-    def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
-        return {"total_bytes": 1 << 30}
-
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
-        return 0.5
 
 
 class ParrotBrain:
@@ -122,59 +75,8 @@ class MumblingBrain:
         raise InvalidAnswer("no tool call: answer by calling propose_trial or finish")
 
 
-class ScriptedBrain:
-    """Serves a fixed list of deployment decisions in order (as the replay brain serves a
-    recorded run), then finishes; ``on_answer(n)`` is called after the n-th answer."""
-
-    name = "scripted"
-    kind: BrainKind = "llm"
-
-    def __init__(self, quants: list[str], on_answer: Callable[[int], None] | None = None) -> None:
-        self.quants = list(quants)
-        self.answered = 0
-        self.on_answer = on_answer
-
-    def propose(self, ctx: DecisionContext) -> Proposal:
-        self.answered += 1
-        if self.on_answer is not None:
-            self.on_answer(self.answered)
-        if not self.quants:
-            return Proposal(action="finish", thought="script done")
-        return Proposal(action="trial", config={"quant_type": self.quants.pop(0)})
-
-
-def _runtime(
-    store: Store,
-    brain: Any,
-    budgets: Budgets,
-    toolbox: InstantToolbox,
-    *,
-    goal: Goal | None = None,
-    run_id: str | None = None,
-    control: RunControl | None = None,
-    on_event: Callable[[MessageRecord], None] | None = None,
-) -> RunRuntime:
-    if run_id is None:
-        run_id = store.create_run(model="fake", brain=brain.name).run_id
-    return RunRuntime(
-        store=store, run_id=run_id, goal=goal or Goal(), brain=brain,
-        toolbox=toolbox,
-        budgets=budgets, finetune_space=finetune_space(), deploy_space=deploy_space(2),
-        finetune_defaults=FinetuneConfig().model_dump(mode="json"), model_summary="fake",
-        control=control or RunControl(), on_event=on_event,
-        measurement=MeasurementPolicy(anchor_every=0),  # no anchor trials between the steps
-    )  # fmt: skip
-
-
-def _drive(rt: RunRuntime) -> dict[str, Any]:
-    final: dict[str, Any] = build_graph(rt).invoke(
-        {"run_id": rt.run_id, "steps": 0}, {"recursion_limit": RECURSION_LIMIT}
-    )
-    return final
-
-
 def _search(rt: RunRuntime, stage: str) -> list[Any]:
-    return [t for t in rt.store.list_trials(rt.run_id, stage=stage) if "role" not in t.config]
+    return [t for t in rt.store.list_trials(rt.run_id, stage=stage) if t.is_search]
 
 
 def _reason(rt: RunRuntime, mark: str) -> str:
@@ -199,8 +101,8 @@ def test_a_brain_that_repeats_itself_ends_within_its_budget(
     ``pruned`` trial that counts against the budget and the patience, so the run ends; the first
     proposal is the only one that runs."""
     brain, box = ParrotBrain(), InstantToolbox()
-    rt = _runtime(store, brain, budgets, box, goal=Goal(memory_budget_bytes=memory_budget))
-    final = _drive(rt)
+    rt = instant_runtime(store, brain, budgets, box, goal=Goal(memory_budget_bytes=memory_budget))
+    final = drive(rt)
 
     assert final["route"] == "done" and store.get_run(rt.run_id).status == "finished"
     assert reason in _reason(rt, "deploy_done")
@@ -210,7 +112,7 @@ def test_a_brain_that_repeats_itself_ends_within_its_budget(
     first, *repeats = deploy
     assert first.status == ("rejected" if memory_budget else "ok") and repeats
     assert {t.status for t in repeats} == {"pruned"}
-    assert all(t.config["repeat_of"] == first.trial_id for t in repeats)
+    assert all(t.repeat_of == first.trial_id for t in repeats)
     # Nothing ran for a repeat: the search measured the first proposal only, and the answer
     # measured it twice more around the baselines (none of it when the gate rejected it).
     assert box.deployed == ([] if memory_budget else ["Q4_K_M"] * 3)
@@ -240,8 +142,8 @@ def test_a_resumed_run_reuses_its_stored_trials_and_counts_only_new_repeats(
     script = ["Q4_0", "Q8_0", "Q4_0", "Q6_K", "Q4_0"]
     budgets = Budgets(finetune_trials=0, deploy_trials=10, patience=1000)
 
-    straight = _runtime(store, ScriptedBrain(script), budgets, InstantToolbox())
-    _drive(straight)
+    straight = instant_runtime(store, ScriptedBrain(script), budgets, InstantToolbox())
+    drive(straight)
     expected = [(t.stage, t.config, t.status) for t in store.list_trials(straight.run_id)]
     assert [t.status for t in _search(straight, "deploy")] == ["ok", "ok", "pruned", "ok", "pruned"]
 
@@ -255,13 +157,13 @@ def test_a_resumed_run_reuses_its_stored_trials_and_counts_only_new_repeats(
 
     # Stopped from outside while the brain answers its 4th proposal (Q6_K): that trial still
     # runs and is stored, then the supervisor stops the run.
-    first = _runtime(other, ScriptedBrain(script, stop_at_4), budgets, box, control=control)
-    assert _drive(first)["route"] == "stopped"
+    first = instant_runtime(other, ScriptedBrain(script, stop_at_4), budgets, box, control=control)
+    assert drive(first)["route"] == "stopped"
     assert [t.status for t in _search(first, "deploy")] == ["ok", "ok", "pruned", "ok"]
     ran_before = list(box.deployed)
 
-    resumed = _runtime(other, ScriptedBrain(script), budgets, box, run_id=first.run_id)
-    assert _drive(resumed)["route"] == "done"
+    resumed = instant_runtime(other, ScriptedBrain(script), budgets, box, run_id=first.run_id)
+    assert drive(resumed)["route"] == "done"
     got = [(t.stage, t.config, t.status) for t in other.list_trials(first.run_id)]
     assert got == expected
     # The resumed run measured no search trial again: only the chosen configuration (the first
@@ -294,8 +196,8 @@ def test_the_time_limit_holds_whatever_the_brain_answers(store: Store, kind: str
         if (m.tool_args or {}).get("mark") == "deploy_done":
             ended.append(time.monotonic())
 
-    rt = _runtime(store, brain, budgets, InstantToolbox(trial_s), on_event=watch)
-    assert _drive(rt)["route"] == "done"
+    rt = instant_runtime(store, brain, budgets, InstantToolbox(trial_s), on_event=watch)
+    assert drive(rt)["route"] == "done"
     assert "wall-clock limit" in _reason(rt, "deploy_done")
     overrun = ended[0] - rt.started_monotonic - limit_s
     # One trial and one answer, plus up to a second for the trace writes of the step in flight
@@ -311,7 +213,7 @@ def test_a_stage_that_never_counts_ends_at_the_proposal_cap(store: Store) -> Non
     ``brain_call_cap`` proposals, however patient the budget and the clock are."""
     budgets = Budgets(deploy_trials=1, max_invalid_in_row=1)
     brain = MumblingBrain()
-    rt = _runtime(store, brain, budgets, InstantToolbox())
+    rt = instant_runtime(store, brain, budgets, InstantToolbox())
 
     class Fallback:
         """An expert fallback that always answers: each decision ends, none is recorded."""
@@ -362,9 +264,9 @@ def test_a_stage_reached_past_the_limit_measures_nothing(store: Store) -> None:
     add trials past the limit either."""
     box = InstantToolbox()
     budgets = Budgets(finetune_trials=2, deploy_trials=5, wall_clock_s=1e-3)
-    rt = _runtime(store, ParrotBrain(), budgets, box)
+    rt = instant_runtime(store, ParrotBrain(), budgets, box)
     time.sleep(0.01)
-    assert _drive(rt)["route"] == "done"
+    assert drive(rt)["route"] == "done"
     assert store.list_trials(rt.run_id) == [] and box.deployed == []
     assert "wall-clock limit" in _reason(rt, "finetune_done")
     assert "wall-clock limit" in _reason(rt, "deploy_done")
@@ -384,7 +286,7 @@ def test_a_stop_while_the_brain_answers_leaves_the_stage_open(store: Store) -> N
 
     brain = StoppedWhileMumbling()
     budgets = Budgets(finetune_trials=0, deploy_trials=5, max_invalid_in_row=20)
-    rt = _runtime(store, brain, budgets, InstantToolbox(), control=control)
-    assert _drive(rt)["route"] == "stopped"
+    rt = instant_runtime(store, brain, budgets, InstantToolbox(), control=control)
+    assert drive(rt)["route"] == "stopped"
     assert brain.calls == 2
     assert "deploy_done" not in rt.supervisor_marks()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from haqa.agents.analyst.brief import make_brief, rank_quant_types
 from haqa.agents.brains.base import DecisionContext, TrialView
 from haqa.agents.brains.expert import ExpertBrain
@@ -177,7 +179,7 @@ def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None
         feasible=True,
     )
     second = brain.propose(_ctx([done], stage="finetune"))
-    assert second.config["learning_rate"] == first.config["learning_rate"] * 3
+    assert second.config["learning_rate"] == pytest.approx(first.config["learning_rate"] * 3)
 
 
 def test_expert_bisects_between_a_type_that_kept_the_floor_and_one_that_missed_it() -> None:

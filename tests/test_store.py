@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from haqa.errors import HaqaError
-from haqa.schemas import TrialMetrics
-from haqa.store import SCHEMA_VERSION, Store, TrialResult, utcnow
+from haqa.schemas import COMMON_METRICS, TrialMetrics
+from haqa.store import (
+    SCHEMA_VERSION,
+    TRIAL_ROLES,
+    Store,
+    TrialResult,
+    search_trials,
+    superseded,
+    utcnow,
+)
 
 
 def _trial(stage: str = "deploy", accuracy: float | None = 0.5, **config: object) -> TrialResult:
@@ -185,6 +193,51 @@ def test_a_version_1_file_is_migrated_keeping_its_data(db_path: Path) -> None:
     )  # fmt: skip
     store.add_grid_point(grid.grid_id, {"quant_type": "Q4_0"}, 0, {"decode_tps": 1.0}, 0.5)
     assert store.grid_points(grid.grid_id)[0].metrics == {"decode_tps": 1.0}
+
+
+def test_what_kind_of_trial_it_is_is_typed(store: Store) -> None:
+    """The role, the re-measurement and the repeat are read from the configuration's
+    bookkeeping keys, where every version stored them; a role outside the set is refused."""
+    run = store.create_run(model="m", brain="expert")
+    search = store.add_trial(run.run_id, _trial(quant_type="Q4_0"))
+    anchor = store.add_trial(run.run_id, _trial(role="anchor", quant_type="Q4_0"))
+    again = store.add_trial(run.run_id, _trial(quant_type="Q4_0", remeasure_of=search.trial_id))
+    repeat = store.add_trial(run.run_id, _trial(quant_type="Q8_0", repeat_of=search.trial_id))
+    assert (search.role, search.is_search, search.answers_proposal) == (None, True, True)
+    assert (anchor.role, anchor.is_search) == ("anchor", False)
+    assert again.is_search and not again.answers_proposal and again.remeasure_of == 1
+    assert repeat.repeat_of == 1 and repeat.search_config == {"quant_type": "Q8_0"}
+    assert superseded(store.list_trials(run.run_id)) == {search.trial_id}
+    current = search_trials(store.list_trials(run.run_id), "deploy")
+    assert [t.trial_id for t in current] == [again.trial_id, repeat.trial_id]
+    assert set(TRIAL_ROLES) == {"base", "reference", "anchor", "baseline", "final", "test"}
+    with pytest.raises(ValueError, match="unknown trial role 'anchr'"):
+        _trial(role="anchr")
+    with pytest.raises(ValueError, match="remeasure_of must be a trial number"):
+        _trial(remeasure_of="2")
+
+
+def test_metrics_are_declared_and_old_rows_still_load(db_path: Path) -> None:
+    """A trial cannot carry an undeclared metric; a row an older version wrote with a key this
+    one does not know still loads (the key is left out of the record, the row keeps it)."""
+    import duckdb
+
+    with pytest.raises(ValueError, match="roofline_efficency"):
+        TrialMetrics(decode_tps=1.0, roofline_efficency=0.5)  # type: ignore[call-arg]
+    store = Store(db_path)
+    run = store.create_run(model="m", brain="manual")
+    stored = store.add_trial(run.run_id, _trial())
+    # Only what the trial measured is stored: the common figures, and the others where set.
+    assert set(stored.metrics.model_dump()) == set(COMMON_METRICS)
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "UPDATE trials SET metrics = ?",
+        ['{"accuracy": 0.5, "decode_tps": 12.5, "gguf": "m.gguf", "retired_figure": 1}'],
+    )
+    con.close()
+    (old,) = Store(db_path).list_trials(run.run_id)
+    assert (old.metrics.decode_tps, old.metrics.gguf) == (12.5, "m.gguf")
+    assert "retired_figure" not in old.metrics.model_dump()
 
 
 def test_a_duckdb_file_of_another_program_is_refused(db_path: Path) -> None:

@@ -222,6 +222,8 @@ def test_an_isolated_toolbox_reaps_before_its_trial_and_unregisters_after(
 ) -> None:
     """The wiring: a trial of an ``IsolatedToolbox`` on a store first kills a dead run's stray
     recorded for that store, and leaves no entry of its own behind."""
+    from support.faulty_toolbox import FACTORY as FAULTY_FACTORY
+
     from haqa.agents.isolation import IsolatedToolbox
     from haqa.agents.toolbox import ToolboxSettings
     from haqa.schemas import FinetuneConfig
@@ -240,7 +242,7 @@ def test_an_isolated_toolbox_reaps_before_its_trial_and_unregisters_after(
         settings = ToolboxSettings(
             model=tmp_path, train_files=[], validation_files=[], test_files=[]
         )
-        box = IsolatedToolbox(settings, factory="faulty_toolbox:FaultyToolbox", store_path=db)
+        box = IsolatedToolbox(settings, factory=FAULTY_FACTORY, store_path=db)
         assert box.finetune(FinetuneConfig(seed=1)).accuracy == 0.5
         assert _gone([stray.pid, stray_child], within_s=0.5)
         assert not list(registry_dir(db).glob("*.json"))

@@ -1,21 +1,17 @@
 """The TUI driven with Textual's Pilot: home, replay, the new-run form, and the errors a user
-can cause. The store is filled deterministically (``test_tui_store.fill_store``)."""
+can cause. The store is filled deterministically (``support.demo_store.fill_store``)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_tui_store import RUN_ID, demo_copy
-from textual.pilot import Pilot
+from support.demo_store import RUN_ID, demo_copy
+from support.pilot import sync, until
 from textual.widgets import DataTable
 
 from haqa.cli.tui_cmd import LiveBackend
@@ -32,30 +28,11 @@ from haqa.tui.widgets.trials_table import TrialsTable
 SIZE = (80, 24)
 
 
-def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async Pilot test with asyncio (no async pytest plugin is installed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
 @pytest.fixture()
 def demo_db(tmp_path: Path) -> Path:
     path = tmp_path / "haqa.duckdb"
     demo_copy(path)
     return path
-
-
-async def until(pilot: Pilot[None], what: Callable[[], bool], timeout_s: float, why: str) -> None:
-    """Wait for the app to reach a state (timers and workers run on their own)."""
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {why}")
-        await pilot.pause(0.05)
 
 
 def _error_text(app: HaqaApp) -> str:

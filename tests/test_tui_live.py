@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tui import sync, until
-from tests_support import small_run_config
+from support.pilot import sync, until
+from support.runs import small_run_config
 from textual.pilot import Pilot
-from zoo_fixtures import tiny_build, tiny_home, tiny_model  # noqa: F401 (fixtures)
 
 from haqa.cli.tui_cmd import LiveBackend
 from haqa.store import Store
@@ -58,7 +57,7 @@ async def _key_latency(
 
 
 @sync
-async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+async def test_new_run_live_stop_resume_then_replay(tiny_model: Path, tmp_path: Path) -> None:
     db = tmp_path / "haqa.duckdb"
     # Trials in child processes, as `haqa tui` runs them: the keys stay responsive meanwhile.
     defaults = small_run_config(isolate_trials=True).model_dump(mode="json")

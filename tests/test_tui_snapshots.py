@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tui_store import RUN_ID, demo_copy, fixed_clock, write_demo_run
+from support.demo_store import RUN_ID, demo_copy, fixed_clock, write_demo_run
 from textual.pilot import Pilot
 
 from haqa.cli.tui_cmd import LiveBackend

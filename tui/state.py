@@ -19,11 +19,8 @@ from typing import Any
 
 from haqa.goal import Goal
 from haqa.report import pareto_front as report_pareto_front
-from haqa.store import MessageRecord, RunRecord, TrialRecord, superseded
+from haqa.store import MessageRecord, RunRecord, TrialRecord, search_trials, superseded
 from haqa.units import format_bytes
-
-#: ``config["role"]`` of trials measured around the search, not proposed by it.
-MEASUREMENT_ROLES = ("base", "reference", "baseline", "test", "anchor", "final")
 
 #: Keys shown first in a configuration summary (the knobs a reader compares).
 _SUMMARY_KEYS = (
@@ -54,11 +51,6 @@ _SHORT = {
     "learning_rate": "lr",
     "max_steps": "steps",
 }
-
-
-def role_of(trial: TrialRecord) -> str | None:
-    role = trial.config.get("role")
-    return str(role) if role in MEASUREMENT_ROLES else None
 
 
 def config_summary(trial: TrialRecord, width: int = 48) -> str:
@@ -173,13 +165,13 @@ def goal_words(run: RunRecord) -> str:
 
 
 def reference_accuracy(trials: Sequence[TrialRecord]) -> float | None:
-    return next((t.metrics.accuracy for t in trials if t.config.get("role") == "reference"), None)
+    return next((t.metrics.accuracy for t in trials if t.role == "reference"), None)
 
 
 def feasible(run: RunRecord, trial: TrialRecord, reference: float | None) -> bool:
     """The supervisor's rule: measured, within the accuracy drop and the memory budget."""
     goal = goal_of(run)
-    if goal is None or trial.status != "ok" or trial.stage != "deploy" or role_of(trial):
+    if goal is None or trial.status != "ok" or trial.stage != "deploy" or not trial.is_search:
         return False
     return goal.feasible(trial.metrics, reference)
 
@@ -221,16 +213,10 @@ def pareto_points(
     trials: Sequence[TrialRecord],
 ) -> list[tuple[int, float, float]]:
     """(trial id, decode tok/s, accuracy) of measured deploy search trials."""
-    replaced = superseded(list(trials))
     return [
         (t.trial_id, float(t.metrics.decode_tps), float(t.metrics.accuracy))
-        for t in trials
-        if t.stage == "deploy"
-        and t.status == "ok"
-        and not role_of(t)
-        and t.trial_id not in replaced
-        and t.metrics.decode_tps is not None
-        and t.metrics.accuracy is not None
+        for t in search_trials(trials, "deploy")
+        if t.status == "ok" and t.metrics.decode_tps is not None and t.metrics.accuracy is not None
     ]
 
 
@@ -245,13 +231,8 @@ def budget_used(run: RunRecord, trials: Sequence[TrialRecord]) -> tuple[int, int
     """Search trials counted against the budget, and the run's total budget (None if unknown).
     As in the stop rules (``haqa.graph.routing.COUNTED_STATUSES``), a repeated proposal pruned
     without running counts too."""
-    replaced = superseded(list(trials))
     used = sum(
-        1
-        for t in trials
-        if not role_of(t)
-        and t.trial_id not in replaced
-        and t.status in ("ok", "failed", "rejected", "pruned")
+        1 for t in search_trials(trials) if t.status in ("ok", "failed", "rejected", "pruned")
     )
     budgets = (run.config or {}).get("budgets") or {}
     try:

@@ -28,7 +28,7 @@ STAGE: Final = "finetune"
 def base_trial(rt: RunRuntime) -> Any:
     """The base model's accuracy, measured once: what fine-tuning must beat."""
     for t in rt.trials(STAGE):
-        if t.config.get("role") == "base":
+        if t.role == "base":
             return t
     trial = run_trial(
         rt,
@@ -52,7 +52,7 @@ def base_trial(rt: RunRuntime) -> Any:
 def best_adapter(rt: RunRuntime) -> tuple[str | None, float | None]:
     """The adapter of the most accurate fine-tune, if it beats the base model."""
     views = rt.views(STAGE)
-    base = next((t for t in rt.trials(STAGE) if t.config.get("role") == "base"), None)
+    base = next((t for t in rt.trials(STAGE) if t.role == "base"), None)
     base_acc = base.metrics.accuracy if base else None
     ok = [v for v in views if v.feasible and v.accuracy is not None]
     if not ok:
@@ -61,7 +61,7 @@ def best_adapter(rt: RunRuntime) -> tuple[str | None, float | None]:
     if base_acc is not None and (best.accuracy or 0.0) <= base_acc:
         return None, base_acc
     trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
-    return getattr(trial.metrics, "adapter_path", None), best.accuracy
+    return trial.metrics.adapter_path, best.accuracy
 
 
 def planner_step(rt: RunRuntime) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def admit(
     else:
         estimate = rt.toolbox.estimate_finetune(config)
     predicted = int(estimate.get("total_bytes", 0))
-    if predicted <= budget:
+    if rt.goal.fits_memory(predicted):
         return True
     record_rejection(
         rt,

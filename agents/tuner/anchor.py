@@ -21,9 +21,9 @@ from typing import Final
 from pydantic import BaseModel
 
 from haqa.agents.common import run_trial
-from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime, search_config
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.schemas import DeployConfig, TrialMetrics
-from haqa.store import TrialRecord, superseded
+from haqa.store import TrialRecord, search_trials
 
 AGENT = "tuner"
 STAGE: Final = "deploy"
@@ -41,42 +41,35 @@ class AnchorState(BaseModel):
     pending: list[int] = []  # marked trials not yet measured again
 
 
-def _extra(t: TrialRecord) -> dict[str, object]:
-    return dict(t.metrics.model_extra or {})
-
-
-def _is_anchor(t: TrialRecord) -> bool:
-    return t.config.get("role") == "anchor" and t.status == "ok"
-
-
-def _is_search(t: TrialRecord) -> bool:
-    return "role" not in t.config and "remeasure_of" not in t.config and t.status == "ok"
+def _measured_proposal(t: TrialRecord) -> bool:
+    """A proposal's own measurement (not a re-measurement), finished."""
+    return t.answers_proposal and t.status == "ok"
 
 
 def anchor_state(rt: RunRuntime) -> AnchorState:
     trials = rt.trials(STAGE)
-    first = next((t for t in trials if _is_search(t) and t.metrics.decode_tps), None)
+    first = next((t for t in trials if _measured_proposal(t) and t.metrics.decode_tps), None)
     if first is None:
         return AnchorState()
     state = AnchorState(anchor=first, level=first.metrics.decode_tps)
     marked: list[int] = []
     for t in trials:
-        if t.config.get("role") == "anchor" and t.status != "ok":
+        if t.role == "anchor" and t.status != "ok":
             # A failed check is not re-tried, and it ends a drift episode.
             state.since_anchor, state.last_drifted, state.retries = 0, False, 0
-        elif _is_anchor(t):
-            extra = _extra(t)
+        elif t.role == "anchor":
+            check = t.metrics
             state.since_anchor = 0
-            state.last_drifted = bool(extra.get("drifted"))
+            state.last_drifted = bool(check.drifted)
             state.retries = state.retries + 1 if state.last_drifted else 0
             if not state.last_drifted:
                 state.steady_after = t.trial_id
-            if extra.get("level"):
-                state.level = float(extra["level"])  # type: ignore[arg-type]
-            marked = [int(i) for i in extra.get("marked") or []]  # type: ignore[attr-defined]
-        elif _is_search(t) and t.trial_id > first.trial_id:
+            if check.level:
+                state.level = check.level
+            marked = list(check.marked or [])
+        elif _measured_proposal(t) and t.trial_id > first.trial_id:
             state.since_anchor += 1
-    done = {int(t.config["remeasure_of"]) for t in trials if "remeasure_of" in t.config}
+    done = {t.remeasure_of for t in trials if t.remeasure_of is not None}
     state.pending = [i for i in marked if i not in done]
     return state
 
@@ -105,17 +98,13 @@ def _affected(rt: RunRuntime, state: AnchorState, *, level_changed: bool) -> lis
     """The trials to measure again. After a passing drift: those measured since the last steady
     anchor (the anchor's own first measurement, the reference, excepted). After a lasting change
     of level: every measured trial, since all were measured at the old level."""
-    trials = rt.trials(STAGE)
-    replaced = superseded(trials)
     anchor_id = state.anchor.trial_id if state.anchor else -1
     after = 0 if level_changed else state.steady_after
     return [
         t.trial_id
-        for t in trials
+        for t in search_trials(rt.trials(STAGE))
         if t.trial_id > after
-        and "role" not in t.config
         and t.status == "ok"
-        and t.trial_id not in replaced
         and (level_changed or t.trial_id != anchor_id or after > 0)
     ]
 
@@ -126,23 +115,24 @@ def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> 
     if state.last_drifted and policy.anchor_retry_pause_s:
         time.sleep(policy.anchor_retry_pause_s)  # let a passing load pass
     anchor_id, level = state.anchor.trial_id, state.level
-    config = search_config(state.anchor.config)
+    config = state.anchor.search_config
     deploy = DeployConfig.model_validate(config)
-    seq = sum(1 for t in rt.trials(STAGE) if t.config.get("role") == "anchor") + 1
+    seq = sum(1 for t in rt.trials(STAGE) if t.role == "anchor") + 1
 
     def work() -> TrialMetrics:
         m = rt.toolbox.deploy(deploy, adapter)
         tps = m.decode_tps or 0.0
         drift = tps / level - 1.0
         drifted = abs(drift) > policy.drift_threshold
-        extra: dict[str, object] = {"anchor_of": anchor_id, "drift": drift, "drifted": drifted}
+        check = m.model_copy(update={"anchor_of": anchor_id, "drift": drift, "drifted": drifted})
         if drifted and state.retries >= policy.anchor_retries:
             # The re-tries ran out: the machine's speed changed for good. The new level is the
             # machine's now, and the affected trials are measured again at it.
-            extra |= {"drifted": False, "level": tps, "level_changed": True}
-        if extra.get("level_changed") or (not drifted and state.retries):
-            extra["marked"] = _affected(rt, state, level_changed=bool(extra.get("level_changed")))
-        return TrialMetrics(**{**m.model_dump(), **extra})
+            check = check.model_copy(update={"drifted": False, "level": tps, "level_changed": True})
+        if check.level_changed or (not drifted and state.retries):
+            marked = _affected(rt, state, level_changed=bool(check.level_changed))
+            check = check.model_copy(update={"marked": marked})
+        return check
 
     trial = run_trial(
         rt,
@@ -152,26 +142,25 @@ def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> 
         config={"role": "anchor", "anchor_seq": seq, **config},
         work=work,
     )
-    extra = _extra(trial)
+    check = trial.metrics
     head = (
         f"anchor check (trial {anchor_id} measured again as trial {trial.trial_id}): decode "
-        f"{trial.metrics.decode_tps or 0:.1f} tok/s, {float(extra.get('drift') or 0):+.1%} "  # type: ignore[arg-type]
-        f"from its level {level:.1f}"
+        f"{check.decode_tps or 0:.1f} tok/s, {check.drift or 0:+.1%} from its level {level:.1f}"
     )
     if trial.status != "ok":
         rt.say(AGENT, ROLE_OBSERVATION, f"{head}: the anchor failed ({trial.error})")
-    elif extra.get("drifted"):
+    elif check.drifted:
         rt.say(
             AGENT,
             ROLE_OBSERVATION,
             f"{head}: drift beyond {policy.drift_threshold:.0%}, the machine's speed moved; "
             f"the anchor is re-tried after {policy.anchor_retry_pause_s:g} s",
         )
-    elif extra.get("marked"):
-        marked = ", ".join(str(i) for i in extra["marked"])  # type: ignore[attr-defined]
+    elif check.marked:
+        marked = ", ".join(str(i) for i in check.marked)
         why = (
             "the speed level changed for good and is taken as the machine's new level"
-            if extra.get("level_changed")
+            if check.level_changed
             else "steady again"
         )
         rt.mark(
@@ -179,8 +168,8 @@ def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> 
             f"measurement drift: {why}; trials {marked} measured during the drift are marked "
             "for re-measurement",
             anchor_trial=trial.trial_id,
-            marked=extra["marked"],
-            drift=extra.get("drift"),
+            marked=check.marked,
+            drift=check.drift,
         )
     else:
         rt.say(AGENT, ROLE_OBSERVATION, f"{head}: steady")
@@ -190,7 +179,7 @@ def _remeasure(rt: RunRuntime, trial_ids: list[int], adapter: str | None) -> Non
     by_id = {t.trial_id: t for t in rt.trials(STAGE)}
     for tid in trial_ids:
         old = by_id[tid]
-        config = search_config(old.config)
+        config = old.search_config
         deploy = DeployConfig.model_validate(config)
         new = run_trial(
             rt,

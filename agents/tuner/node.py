@@ -45,7 +45,7 @@ def hardware_defaults(brief: dict[str, Any], logical_cores: int) -> dict[str, An
 def reference_accuracy(rt: RunRuntime, adapter: str | None) -> float | None:
     """Accuracy of the fine-tuned model as F16 GGUF: what deployed types are compared with."""
     for t in rt.trials(STAGE):
-        if t.config.get("role") == "reference":
+        if t.role == "reference":
             return t.metrics.accuracy
     trial = run_trial(
         rt,
@@ -91,10 +91,10 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     roofline = None
     if best is not None:
         trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
-        roofline = getattr(trial.metrics, "roofline_efficiency", None)
+        roofline = trial.metrics.roofline_efficiency
         # A model that fits in the last-level cache is not bound by DRAM bandwidth: its
         # "efficiency" can exceed 1 and says nothing about headroom, so it stops nothing.
-        read = getattr(trial.metrics, "bytes_per_token", None)
+        read = trial.metrics.bytes_per_token
         llc = brief.get("llc_bytes")
         if read and llc and read <= llc:
             roofline = None

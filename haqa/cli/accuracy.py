@@ -16,6 +16,7 @@ from rich.table import Table
 
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, err_console, manual_run, open_store
+from haqa.cli.options import model_options
 from haqa.config import build, env_overrides, read_toml
 from haqa.errors import HaqaError
 from haqa.modelref import ModelRef, resolve_model
@@ -33,16 +34,6 @@ TasksOption = Annotated[
     list[Path] | None,
     typer.Option("--tasks", help="JSONL task file (repeatable); default: zoo:tiny's tasks"),
 ]
-
-
-def _h(field: str, extra: str = "") -> str:
-    """Flag help from the schema's own field description, plus the default."""
-    info = FinetuneConfig.model_fields[field]
-    default = info.default
-    if isinstance(default, tuple):
-        default = ",".join(default)
-    text = f"{info.description}" + (f" ({extra})" if extra else "")
-    return f"{text} \\[default: {default}]"
 
 
 def _bar() -> Progress:
@@ -104,6 +95,7 @@ def _hf_model(spec: str) -> ModelRef:
 
 
 @app.command("finetune")
+@model_options(FinetuneConfig, aliases={"learning_rate": ("--lr",)})
 def finetune_command(
     model: ModelOption = None,
     config: Annotated[
@@ -116,39 +108,8 @@ def finetune_command(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="adapter folder (default: cache)")
     ] = None,
-    quant: Annotated[str | None, typer.Option(help=_h("quant", "nf4, fp4 or int8"))] = None,
-    double_quant: Annotated[
-        bool | None, typer.Option("--double-quant/--no-double-quant", help=_h("double_quant"))
-    ] = None,
-    compute_dtype: Annotated[
-        str | None, typer.Option(help=_h("compute_dtype", "float32, bfloat16, float16"))
-    ] = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r", help=_h("lora_r"))] = None,
-    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", help=_h("lora_alpha"))] = None,
-    lora_dropout: Annotated[
-        float | None, typer.Option("--lora-dropout", help=_h("lora_dropout"))
-    ] = None,
-    target_modules: Annotated[
-        str | None,
-        typer.Option("--target-modules", help=_h("target_modules", "comma list: q_proj,v_proj")),
-    ] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option("--learning-rate", "--lr", help=_h("learning_rate"))
-    ] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help=_h("weight_decay"))
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help=_h("batch_size"))] = None,
-    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help=_h("grad_accum"))] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help=_h("max_steps"))] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help=_h("epochs"))] = None,
-    warmup_ratio: Annotated[
-        float | None, typer.Option("--warmup-ratio", help=_h("warmup_ratio"))
-    ] = None,
-    max_seq_len: Annotated[
-        int | None, typer.Option("--max-seq-len", help=_h("max_seq_len"))
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=_h("seed"))] = None,
+    *,
+    flags: dict[str, Any],  # one option per FinetuneConfig field (haqa.cli.options)
     db: DbOption = None,
 ) -> None:
     """QLoRA fine-tune: quantized base + LoRA adapter on multiple-choice tasks (one trial)."""
@@ -156,26 +117,6 @@ def finetune_command(
     from haqa.trialrun import run_as_trial
 
     toml_layer, toml_model, toml_tasks = _toml_settings(config)
-    flags = {
-        "quant": quant,
-        "double_quant": double_quant,
-        "compute_dtype": compute_dtype,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "target_modules": [m.strip() for m in target_modules.split(",") if m.strip()]
-        if target_modules is not None
-        else None,
-        "learning_rate": learning_rate,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "max_steps": max_steps,
-        "epochs": epochs,
-        "warmup_ratio": warmup_ratio,
-        "max_seq_len": max_seq_len,
-        "seed": seed,
-    }
     cfg = build(
         FinetuneConfig,
         toml_layer,

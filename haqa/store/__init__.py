@@ -4,12 +4,16 @@ code in haqa that writes SQL; everything else uses the ``Store`` API and its pyd
 from haqa.store.duck import Store
 from haqa.store.grids import GridPoint, GridRecord, config_key, iter_grid_configs
 from haqa.store.records import (
+    TRIAL_ROLES,
     MessageRecord,
     RunRecord,
     RunStatus,
     TrialRecord,
     TrialResult,
+    TrialRole,
     new_run_id,
+    search_config,
+    search_trials,
     superseded,
     utcnow,
 )
@@ -18,6 +22,7 @@ from haqa.store.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TRIAL_ROLES",
     "GridPoint",
     "GridRecord",
     "MessageRecord",
@@ -27,10 +32,13 @@ __all__ = [
     "Store",
     "TrialRecord",
     "TrialResult",
+    "TrialRole",
     "config_key",
     "iter_grid_configs",
     "new_run_id",
     "sandbox_query",
+    "search_config",
+    "search_trials",
     "superseded",
     "utcnow",
 ]

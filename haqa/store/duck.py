@@ -274,7 +274,7 @@ class Store(GridMixin):
         return TrialRecord(
             **trial.model_dump(exclude={"metrics", "config", "error"}),
             config=_load(_dump(trial.config)),
-            metrics=TrialMetrics(**_load(_dump(m))),
+            metrics=TrialMetrics.model_validate(_load(_dump(m))),
             error=redact(trial.error) if trial.error else None,
             run_id=run_id,
             trial_id=int(next_id),
@@ -379,7 +379,8 @@ def _trial_from_row(d: dict[str, Any]) -> TrialRecord:
         stage=d["stage"],
         tool=d["tool"],
         config=_load(d["config"]),
-        metrics=TrialMetrics(**_load(d["metrics"])),
+        # Lenient: a row of an older version may hold a metric key this one no longer declares.
+        metrics=TrialMetrics.from_stored(_load(d["metrics"])),
         status=d["status"],
         error=d["error"],
         started_at=d["started_at"],

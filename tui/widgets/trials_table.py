@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from haqa.store import TrialRecord
-from haqa.tui.state import config_summary, role_of
+from haqa.tui.state import config_summary
 from haqa.units import format_bytes
 
 COLUMNS = (
@@ -49,7 +49,7 @@ def sort_value(trial: TrialRecord, column: str) -> Any:
         return (value is None, value if value is not None else 0)
     text = {
         "stage": trial.stage,
-        "config": f"{role_of(trial) or ''} {config_summary(trial)}",
+        "config": f"{trial.role or ''} {config_summary(trial)}",
         "status": trial.status,
         "note": trial.error or "",
     }
@@ -98,8 +98,7 @@ class TrialsTable(DataTable[Any]):
         m = t.metrics
         status = Text(t.status, style=_STATUS_STYLE.get(t.status, ""))
         note = (t.error or "").replace("\n", " ")
-        role = role_of(t)
-        config = Text(f"{role}: " if role else "", style="italic cyan")
+        config = Text(f"{t.role}: " if t.role else "", style="italic cyan")
         # Narrow terminals get a shorter summary so that the status column stays in view.
         width = 20 if self.app.size.width < 120 else 44
         config.append(config_summary(t, width - len(config)))

@@ -1,4 +1,5 @@
-"""Session fixtures for the tiny zoo model (imported by ``tests/conftest.py``).
+"""Session fixtures for the tiny zoo model (imported by ``tests/conftest.py``), and the 200M
+speed model built once per version of its shapes.
 
 The tiny model takes about two minutes to build, so a test session builds it once, into pytest's
 cache folder under a key that hashes the zoo's source files: a later session reuses it until the
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import haqa.zoo
+from haqa.zoo import bench_shapes
 
 
 def _zoo_source_key() -> str:
@@ -56,3 +58,10 @@ def tiny_model(tiny_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny model's folder; ``HAQA_HOME`` points at the session home for this test."""
     monkeypatch.setenv("HAQA_HOME", str(tiny_home))
     return tiny_home / "zoo" / "tiny"
+
+
+def bench_200m_gguf(request: pytest.FixtureRequest, tokenizer_dir: Path) -> Path:
+    """bench-200m built once per version of bench_shapes.py (in pytest's cache)."""
+    key = hashlib.sha256(Path(bench_shapes.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(request.config.cache.mkdir(f"haqa-bench-200m-{key}"))
+    return bench_shapes.build("bench-200m", root / "bench-200m", tokenizer_dir)

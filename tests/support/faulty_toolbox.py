@@ -30,3 +30,7 @@ class FaultyToolbox(LiveToolbox):
         if config.seed == USER_ERROR:
             raise HaqaError("train file x.jsonl does not exist: pass a JSONL file")
         return TrialMetrics(accuracy=0.5, seed=config.seed)
+
+
+#: The trial worker's ``factory`` for this toolbox (its child needs ``tests/`` on PYTHONPATH).
+FACTORY = f"{__name__}:{FaultyToolbox.__name__}"
