@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from haqa.agents.brains import ALL_BRAINS, make_brain
 from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
@@ -73,6 +73,27 @@ class RunConfig(Strict):
         default_factory=MeasurementPolicy,
         description="benchmark repeats until steady; anchor re-measurement and drift",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_recipe(cls, data: Any) -> Any:
+        """The model's own fine-tuning recipe (the tiny zoo model's toy learning rate) fills the
+        fine-tune settings nobody set; stored with the run, so a resume reads the same values."""
+        from haqa.zoo import finetune_recipe
+
+        if not isinstance(data, dict):
+            return data
+        recipe = finetune_recipe(str(data.get("model", "zoo:tiny")))
+        finetune = data.get("finetune") or {}
+        if isinstance(finetune, FinetuneConfig):
+            given = {k: getattr(finetune, k) for k in finetune.model_fields_set}
+        elif isinstance(finetune, dict):
+            given = dict(finetune)
+        else:
+            return data
+        if not recipe:
+            return data
+        return {**data, "finetune": {**recipe, **given}}
 
     @field_validator("brain")
     @classmethod
@@ -201,7 +222,7 @@ def _runtime(
         brain=brain,
         toolbox=toolbox,
         budgets=cfg.budgets,
-        finetune_space=finetune_space(),
+        finetune_space=finetune_space(cfg.finetune.model_dump()),
         deploy_space=space,
         finetune_defaults=cfg.finetune.model_dump(mode="json"),
         model_summary=summary,

@@ -33,5 +33,5 @@ def artifacts_dir() -> Path:
 
 
 def default_db_path() -> Path:
-    """The store: ``haqa.duckdb`` in the working directory, as DESIGN.md says."""
+    """The store: ``haqa.duckdb`` in the working directory (one store per project directory)."""
     return Path.cwd() / DEFAULT_DB_NAME

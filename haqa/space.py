@@ -115,9 +115,11 @@ class SearchSpace(BaseModel):
         return self.model_copy(update={"knobs": tuple(knobs)})
 
 
-def finetune_space() -> SearchSpace:
-    """QLoRA hyper-parameters worth tuning, with ranges a practitioner would search."""
-    return SearchSpace(
+def finetune_space(defaults: Mapping[str, Any] | None = None) -> SearchSpace:
+    """QLoRA hyper-parameters worth tuning, with ranges a practitioner would search. The
+    defaults are QLoRA's recipe for a pretrained model (``FinetuneConfig``'s); ``defaults``
+    replaces those a model's own recipe sets (the tiny zoo model's, a run's explicit settings)."""
+    space = SearchSpace(
         stage="finetune",
         knobs=(
             Knob(
@@ -126,7 +128,7 @@ def finetune_space() -> SearchSpace:
                 low=1e-5,
                 high=1e-1,
                 log=True,
-                default=5e-3,
+                default=2e-4,
                 description="peak AdamW learning rate; the knob that matters most",
             ),
             Knob(
@@ -157,14 +159,14 @@ def finetune_space() -> SearchSpace:
                 low=10,
                 high=2000,
                 log=True,
-                default=60,
+                default=120,
                 description="optimiser steps",
             ),
             Knob(
                 name="batch_size",
                 kind="categorical",
                 choices=(4, 8, 16, 32),
-                default=16,
+                default=8,
                 description="examples per micro-batch",
             ),
             Knob(
@@ -190,6 +192,16 @@ def finetune_space() -> SearchSpace:
             ),
         ),
     )
+    if not defaults:
+        return space
+    knobs = []
+    for knob in space.knobs:
+        try:
+            value = knob.check(defaults[knob.name]) if knob.name in defaults else None
+        except HaqaError:
+            value = None  # a setting outside the search range stays the run's, not the knob's
+        knobs.append(knob if value is None else knob.model_copy(update={"default": value}))
+    return space.model_copy(update={"knobs": tuple(knobs)})
 
 
 #: The quantization types the kernel tuner searches (llama.cpp's common CPU/GPU types).

@@ -28,7 +28,7 @@ from haqa.modelref import check_hf_causal_lm, is_gguf
 from haqa.procs import CHILD_PRELUDE, child_env
 from haqa.quant import BLOCK, FALLBACK, FTYPE_BASE, FTYPE_IDS
 from haqa.schemas import DeployConfig, FinetuneConfig
-from haqa.tools.gguf_header import read_gguf_header
+from haqa.tools.gguf_header import GgufArray, read_gguf_header
 
 _MIB = 1024**2
 
@@ -37,9 +37,18 @@ _MIB = 1024**2
 # memory of a Python process with llama-cpp-python loaded and a context created, before weights,
 # KV cache and compute buffers (interpreter, shared libraries, thread pools, graph metadata).
 RUNTIME_OVERHEAD_BYTES = 44 * _MIB
+# A BPE tokenizer's merges live in llama.cpp's vocabulary as an ordered map of string pairs, with
+# the merged token's text: SmolLM2's 48,900 merges measured 13-14 MiB above the SentencePiece
+# models the overhead was calibrated on (which have none).
+_BYTES_PER_MERGE = 280
+# The gate must not admit a configuration that then exceeds the budget: every estimate is scaled
+# by the spread of its calibration across models, so it errs high (1.00-1.10 of the measured
+# peak on SmolLM2-135M, whose shape it was not fitted on; up to 1.11 on the tiny model).
+SAFETY_FACTOR = 1.05
 # Without flash attention the score matrix (n_kv x n_ubatch x n_head fp32) and what lives beside
-# it (mask, softmax temporaries): measured 1.4x the bare matrix at full context.
-_ATTN_SCORE_FACTOR = 1.4
+# it (mask, softmax temporaries): measured 1.4x the bare matrix at full context on the tiny and
+# 200M models, 1.5x on SmolLM2-135M at 8192 cells (9 heads): the larger, the gate's side.
+_ATTN_SCORE_FACTOR = 1.5
 # Activation rows per token live at the peak of a layer's graph, in units of n_embd floats, and
 # of n_ff floats (the FFN's gate/up outputs), fitted to llama.cpp's compute-buffer use.
 _ACT_EMBD_ROWS = 10.0
@@ -65,6 +74,7 @@ class ModelShape(BaseModel):
     tied_embeddings: bool
     file_type: str | None = Field(None, description="GGUF file type (None for an HF folder)")
     tensors: list[TensorSpec]
+    n_merges: int = Field(0, description="BPE merges of the tokenizer (0 for SentencePiece)")
 
 
 class MemoryEstimate(BaseModel):
@@ -72,14 +82,16 @@ class MemoryEstimate(BaseModel):
     kv_cache_bytes: int
     compute_bytes: int
     overhead_bytes: int
+    margin_bytes: int = Field(0, description="the safety margin added to the sum of the terms")
     total_bytes: int
     notes: list[str] = Field(default_factory=list, description="how each term was computed")
 
     def summary(self) -> str:
+        margin = f" + margin {self.margin_bytes / _MIB:.0f}" if self.margin_bytes else ""
         return (
             f"{self.total_bytes / _MIB:.0f} MiB = weights {self.weights_bytes / _MIB:.0f} + "
             f"KV {self.kv_cache_bytes / _MIB:.0f} + compute {self.compute_bytes / _MIB:.0f} + "
-            f"overhead {self.overhead_bytes / _MIB:.0f} MiB"
+            f"overhead {self.overhead_bytes / _MIB:.0f}{margin} MiB"
         )
 
 
@@ -141,7 +153,20 @@ def _hf_shape(folder: Path) -> ModelShape:
         n_vocab=n_vocab,
         tied_embeddings=tied,
         tensors=tensors,
+        n_merges=_hf_merges(folder),
     )
+
+
+def _hf_merges(folder: Path) -> int:
+    """BPE merges in the folder's tokenizer.json (0 when it has none or no such file)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return 0
+    try:
+        merges = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("merges")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return len(merges) if isinstance(merges, list) else 0
 
 
 def _gguf_shape(path: Path) -> ModelShape:
@@ -173,6 +198,7 @@ def _gguf_shape(path: Path) -> ModelShape:
         )
     names = {t.name for t in tensors}
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+    merges = header.fields.get("tokenizer.ggml.merges")
     ftype_id = header.int_field("general.file_type")
     return ModelShape(
         n_layer=num("block_count"),
@@ -185,6 +211,7 @@ def _gguf_shape(path: Path) -> ModelShape:
         tied_embeddings="output.weight" not in names,
         file_type=FTYPE_IDS.get(ftype_id) if ftype_id is not None else None,
         tensors=tensors,
+        n_merges=merges.length if isinstance(merges, GgufArray) else 0,
     )
 
 
@@ -332,23 +359,28 @@ def estimate_deploy_memory(args: DeployMemoryArgs) -> MemoryEstimate:
     w_bytes, w_note = weights_bytes(shape, config.quant_type)
     kv = kv_cache_size(shape, config)
     compute, c_note = compute_size(shape, config)
-    overhead = RUNTIME_OVERHEAD_BYTES
+    vocab = shape.n_merges * _BYTES_PER_MERGE
+    overhead = RUNTIME_OVERHEAD_BYTES + vocab
     notes = [
         f"weights: {w_note}"
         + ("; mmap: file pages, resident once read" if config.use_mmap else "; read into RAM"),
         f"KV cache: {shape.n_layer} layers x {math.ceil(config.n_ctx / 256) * 256} cells x "
         f"{shape.n_head_kv} KV heads x {shape.head_dim} x ({config.type_k} + {config.type_v})",
         f"compute: {c_note}",
-        f"overhead: Python + llama.cpp runtime, calibrated {overhead / _MIB:.0f} MiB",
+        f"overhead: Python + llama.cpp runtime, calibrated {RUNTIME_OVERHEAD_BYTES / _MIB:.0f} "
+        f"MiB, + {vocab / _MIB:.1f} MiB for {shape.n_merges} BPE merges",
+        f"x {SAFETY_FACTOR:g}: the calibration's spread, so the gate errs on the safe side",
     ]
     if config.n_gpu_layers > 0:
         notes.append("n_gpu_layers > 0: host memory only is estimated, as if all on the CPU")
-    total = w_bytes + kv + compute + overhead
+    subtotal = w_bytes + kv + compute + overhead
+    total = int(subtotal * SAFETY_FACTOR)
     return MemoryEstimate(
         weights_bytes=w_bytes,
         kv_cache_bytes=kv,
         compute_bytes=compute,
         overhead_bytes=overhead,
+        margin_bytes=total - subtotal,
         total_bytes=total,
         notes=notes,
     )

@@ -227,6 +227,44 @@ def gguf_token_distributions(
         model.close()
 
 
+class Perplexity(BaseModel):
+    perplexity: float = Field(description="exp of the mean negative log-likelihood per token")
+    n_tokens: int = Field(description="tokens scored")
+    n_chunks: int
+
+
+def gguf_perplexity(
+    gguf_path: Path,
+    text: str,
+    *,
+    n_ctx: int = 512,
+    n_threads: int | None = None,
+    kv_cache: KvCacheSettings | None = None,
+    max_chunks: int | None = None,
+) -> Perplexity:
+    """Perplexity of a GGUF over ``text`` as llama.cpp's ``llama-perplexity`` measures it: the
+    tokenized text cut into windows of ``n_ctx`` tokens, each decoded from an empty cache, and
+    only the second half of each window scored (every scored token sees at least n_ctx/2 tokens
+    of context). Streams window by window, so a long text costs no memory."""
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, kv_cache)
+    try:
+        tokens = model.tokenize(text)
+        windows = [tokens[i : i + n_ctx] for i in range(0, len(tokens) - n_ctx + 1, n_ctx)]
+        if max_chunks is not None:
+            windows = windows[:max_chunks]
+        if not windows:
+            raise HaqaError(f"the text has {len(tokens)} tokens: fewer than one {n_ctx} window")
+        nll, scored = 0.0, 0
+        for window in windows:
+            model.cached = []  # each window starts from an empty cache, as llama-perplexity
+            model.lib.llama_memory_seq_rm(model.mem, 0, 0, -1)
+            nll -= model.score(window, n_ctx // 2)
+            scored += len(window) - n_ctx // 2
+        return Perplexity(perplexity=math.exp(nll / scored), n_tokens=scored, n_chunks=len(windows))
+    finally:
+        model.close()
+
+
 def divergence(
     reference: list[NDArray[np.float64]], other: list[NDArray[np.float64]]
 ) -> tuple[float, float]:

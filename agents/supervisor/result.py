@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from haqa.agents.common import run_trial
-from haqa.agents.runtime import ROLE_INVALID, RunRuntime
+from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
+from haqa.agents.supervisor.race import Entrant, spread, winner
 from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
 from haqa.store import TrialRecord
 
@@ -50,6 +51,11 @@ class RunResult(BaseModel):
     baselines: list[Baseline] = Field(default_factory=list)
     speedup_decode: dict[str, float] = Field(default_factory=dict)
     speedup_prefill: dict[str, float] = Field(default_factory=dict)
+    race_winner: str | None = Field(
+        None,
+        description="who won the final race: the search's choice, or a llama.cpp default that "
+        "met the goal and measured faster side by side",
+    )
     llama_server_cmd: str | None = None
     llama_cli_cmd: str | None = None
     invalid_proposals: int = 0
@@ -63,8 +69,14 @@ class RunResult(BaseModel):
         speed = ", ".join(
             f"{v:.2f}x vs llama.cpp defaults at {k}" for k, v in self.speedup_decode.items()
         )
+        won = (
+            f" ({self.race_winner} won the final race)"
+            if self.race_winner and self.race_winner != "the search's choice"
+            else ""
+        )
         return (
-            f"best: {self.config.get('quant_type')} with {self.config.get('n_threads')} threads — "
+            f"best{won}: {self.config.get('quant_type')} with {self.config.get('n_threads')} "
+            "threads — "
             f"decode {self.decode_tps or 0:.1f} tok/s ({speed or 'no baseline'}), "
             f"accuracy {self.accuracy_validation or 0:.3f} (validation)"
         )
@@ -114,32 +126,14 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def build_result(rt: RunRuntime) -> RunResult:
-    brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
+    """The run's answer: the best feasible deployment of the search (the choice), then a final
+    race measured side by side against llama.cpp's defaults (the measurements), then the test
+    accuracy of the winner."""
     ft = rt.last_mark_payload("finetune_done") or {}
-    deploy = rt.last_mark_payload("deploy_done") or {}
-    adapter = ft.get("adapter")
     deploy_trials = rt.trials("deploy")
-    reference = next(
-        (t.metrics.accuracy for t in deploy_trials if t.config.get("role") == "reference"), None
-    )
-    base = next((t for t in rt.trials("finetune") if t.config.get("role") == "base"), None)
+    reference = next((t.metrics.accuracy for t in deploy_trials if t.role == "reference"), None)
+    result = _shell(rt, ft, reference)
     views = rt.views("deploy", reference)
-    result = RunResult(
-        run_id=rt.run_id,
-        goal=rt.goal.describe(),
-        found=False,
-        adapter_path=adapter,
-        base_accuracy=base.metrics.accuracy if base else None,
-        finetuned_accuracy=ft.get("accuracy"),
-        reference_accuracy=reference,
-        invalid_proposals=sum(1 for m in rt.messages() if m.role == ROLE_INVALID),
-        rejected_trials=sum(1 for t in rt.trials() if t.status == "rejected"),
-        failed_trials=sum(1 for t in rt.trials() if t.status == "failed"),
-        stop_reasons={
-            "finetune": str(ft.get("reason", "")),
-            "deploy": str(deploy.get("reason", "")),
-        },
-    )
     feasible = [v for v in views if v.feasible and v.objective is not None]
     if not feasible:
         measured = [v for v in views if v.status == "ok"]
@@ -152,12 +146,50 @@ def build_result(rt: RunRuntime) -> RunResult:
         return result.model_copy(update={"error": why})
     best_view = max(feasible, key=lambda v: v.objective or 0.0)
     best = next(t for t in deploy_trials if t.trial_id == best_view.trial_id)
-    cfg = DeployConfig.model_validate(best_view.config)
+    race = _race(rt, best, ft.get("adapter"), reference)
+    return _answer(rt, result, race, best_view.objective, ft.get("adapter"))
 
-    # The chosen configuration is measured again around the baselines (chosen, baselines,
-    # chosen): speedups are ratios taken side by side, and the mean of the two bracketing
-    # measurements cancels a drift that is linear over the few seconds between them. The search
-    # trial's figure was taken earlier, under whatever load the machine had then.
+
+def _shell(rt: RunRuntime, ft: dict[str, Any], reference: float | None) -> RunResult:
+    """What the answer says whether or not a configuration met the goal."""
+    deploy = rt.last_mark_payload("deploy_done") or {}
+    base = next((t for t in rt.trials("finetune") if t.role == "base"), None)
+    return RunResult(
+        run_id=rt.run_id,
+        goal=rt.goal.describe(),
+        found=False,
+        adapter_path=ft.get("adapter"),
+        base_accuracy=base.metrics.accuracy if base else None,
+        finetuned_accuracy=ft.get("accuracy"),
+        reference_accuracy=reference,
+        invalid_proposals=sum(1 for m in rt.messages() if m.role == ROLE_INVALID),
+        rejected_trials=sum(1 for t in rt.trials() if t.status == "rejected"),
+        failed_trials=sum(1 for t in rt.trials() if t.status == "failed"),
+        stop_reasons={
+            "finetune": str(ft.get("reason", "")),
+            "deploy": str(deploy.get("reason", "")),
+        },
+    )
+
+
+class _Race(BaseModel):
+    """The final measurements: the chosen configuration before and after the baselines."""
+
+    chosen: TrialRecord
+    finals: list[TrialRecord] = Field(default_factory=list)
+    baselines: list[tuple[Baseline, TrialRecord]] = Field(default_factory=list)
+    winner: Entrant | None = None
+    entrants: list[Entrant] = Field(default_factory=list)
+
+
+def _race(rt: RunRuntime, best: TrialRecord, adapter: str | None, reference: float | None) -> _Race:
+    """The chosen configuration is measured again around the baselines (chosen, baselines,
+    chosen): speedups are ratios taken side by side, and the mean of the two bracketing
+    measurements cancels a drift that is linear over the few seconds between them. The search
+    trial's figure was taken earlier, under whatever load the machine had then. A recorded grid
+    answers with its recordings: measuring again there adds nothing."""
+    cfg = DeployConfig.model_validate(best.search_config)
+
     def measure_chosen(round_no: int) -> TrialRecord:
         return run_trial(
             rt,
@@ -168,11 +200,30 @@ def build_result(rt: RunRuntime) -> RunResult:
             work=lambda: rt.toolbox.deploy(cfg, adapter),
         )
 
-    # A recorded grid answers with its recordings: measuring again there adds nothing.
-    recorded = bool(getattr(rt.toolbox, "recorded", False))
+    race = _Race(chosen=best)
+    recorded = rt.toolbox.recorded
     before = None if recorded else measure_chosen(1)
-    baselines = []
+    race.baselines = _measure_baselines(rt)
+    after = None if recorded else measure_chosen(2)
+    race.finals = [t for t in (before, after) if t]
+    race.entrants = _entrants(rt, race, reference)
+    race.winner = winner(race.entrants[0], race.entrants[1:])
+    if race.winner is not race.entrants[0]:
+        rt.say(
+            "supervisor",
+            ROLE_OBSERVATION,
+            f"final race: {race.winner.name} ({race.winner.objective or 0:.4g}) beat the search's "
+            f"choice ({race.entrants[0].objective or 0:.4g}) side by side and meets the goal: "
+            "it is the answer",
+        )
+    return race
+
+
+def _measure_baselines(rt: RunRuntime) -> list[tuple[Baseline, TrialRecord]]:
+    """llama.cpp's defaults at each BASELINE_TYPES, through the memory gate like any trial."""
+    brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
     defaults = llama_defaults(brief)
+    out = []
     for quant in BASELINE_TYPES:
         config = {"role": "baseline", "quant_type": quant, **defaults.model_dump()}
         # Baselines pass the memory gate too: a default that does not fit is not run.
@@ -187,19 +238,97 @@ def build_result(rt: RunRuntime) -> RunResult:
             config=config,
             work=lambda q=quant: rt.toolbox.baseline(q, defaults),  # type: ignore[misc]
         )
-        baselines.append(
-            Baseline(
-                quant_type=quant,
-                trial_id=trial.trial_id,
-                prefill_tps=trial.metrics.prefill_tps,
-                decode_tps=trial.metrics.decode_tps,
+        baseline = Baseline(
+            quant_type=quant,
+            trial_id=trial.trial_id,
+            prefill_tps=trial.metrics.prefill_tps,
+            decode_tps=trial.metrics.decode_tps,
+        )
+        out.append((baseline, trial))
+    return out
+
+
+def _baseline_accuracy(
+    rt: RunRuntime, quant: str, reference: float | None, config: dict[str, Any]
+) -> float | None:
+    """A default's deployed accuracy, from what the run measured with the same weights and an
+    f16 K/V cache: F16 is the reference itself; another type counts only if a trial of the
+    search measured it (an unmeasured default cannot be said to meet the goal)."""
+    if quant == "F16":
+        return reference
+    cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
+    for t in rt.trials("deploy"):
+        if not (t.is_search and t.status == "ok" and t.config.get("quant_type") == quant):
+            continue
+        if (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) != cache:
+            continue
+        if t.metrics.accuracy is not None:
+            return t.metrics.accuracy
+    return None
+
+
+def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entrant]:
+    """The chosen configuration first (its figure: the mean of its final rounds), then each
+    default with what it measured and whether it meets the goal."""
+    ok = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
+    chosen_metrics = race.chosen.metrics
+    if ok:
+        chosen_metrics = chosen_metrics.model_copy(
+            update={
+                "decode_tps": _mean([m.decode_tps for m in ok]),
+                "prefill_tps": _mean([m.prefill_tps for m in ok]),
+            }
+        )
+    out = [
+        Entrant(
+            name="the search's choice",
+            config=race.chosen.search_config,
+            objective=rt.goal.objective(chosen_metrics),
+            rsd=spread([m.decode_tps for m in ok]),
+            meets_goal=True,
+            trial_ids=[t.trial_id for t in race.finals],
+        )
+    ]
+    for baseline, trial in race.baselines:
+        if trial.status != "ok":
+            continue
+        config = trial.search_config
+        accuracy = _baseline_accuracy(rt, baseline.quant_type, reference, config)
+        metrics = trial.metrics.model_copy(update={"accuracy": accuracy})
+        out.append(
+            Entrant(
+                name=f"llama.cpp's defaults at {baseline.quant_type}",
+                config=config,
+                objective=rt.goal.objective(trial.metrics),
+                rsd=trial.metrics.decode_rsd or 0.0,
+                meets_goal=accuracy is not None and rt.goal.feasible(metrics, reference),
+                trial_ids=[trial.trial_id],
             )
         )
-    after = None if recorded else measure_chosen(2)
-    finals = [t.metrics for t in (before, after) if t and t.status == "ok" and t.metrics.decode_tps]
-    m = best.metrics
-    decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
-    prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
+    return out
+
+
+def _answer(
+    rt: RunRuntime,
+    result: RunResult,
+    race: _Race,
+    search_objective: float | None,
+    adapter: str | None,
+) -> RunResult:
+    """The winner of the race, its test accuracy, speedups and command lines."""
+    won = race.winner or race.entrants[0]
+    chosen = won is race.entrants[0]
+    winning_trial = race.chosen
+    if not chosen:
+        winning_trial = next(t for _, t in race.baselines if t.trial_id in won.trial_ids)
+    cfg = DeployConfig.model_validate(won.config)
+    finals = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
+    m = race.chosen.metrics
+    if chosen:
+        decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
+        prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
+    else:
+        decode, prefill = winning_trial.metrics.decode_tps, winning_trial.metrics.prefill_tps
     test_trial = run_trial(
         rt,
         agent="supervisor",
@@ -214,24 +343,31 @@ def build_result(rt: RunRuntime) -> RunResult:
         },
         work=lambda: TrialMetrics(accuracy=rt.toolbox.final_test(cfg, adapter)),
     )
-    gguf = str(getattr(m, "gguf", "") or f"model-{cfg.quant_type}.gguf")
+    gguf = winning_trial.metrics.gguf or m.gguf or f"model-{cfg.quant_type}.gguf"
     server, cli = commands(gguf, cfg)
+    baselines = [b for b, _ in race.baselines]
+    accuracy = (
+        m.accuracy
+        if chosen
+        else _baseline_accuracy(rt, cfg.quant_type, result.reference_accuracy, won.config)
+    )
     return result.model_copy(
         update={
             "found": True,
-            "best_trial_id": best.trial_id,
+            "best_trial_id": winning_trial.trial_id,
             "config": cfg.model_dump(mode="json"),
             "gguf_path": gguf,
-            "accuracy_validation": m.accuracy,
+            "accuracy_validation": accuracy,
             "accuracy_test": test_trial.metrics.accuracy,
             "prefill_tps": prefill,
             "decode_tps": decode,
-            "search_decode_tps": m.decode_tps,
-            "final_trial_ids": [t.trial_id for t in (before, after) if t],
-            "peak_mem_bytes": m.peak_mem_bytes,
-            "roofline_efficiency": getattr(m, "roofline_efficiency", None),
-            "objective": best_view.objective,
+            "search_decode_tps": winning_trial.metrics.decode_tps,
+            "final_trial_ids": won.trial_ids,
+            "peak_mem_bytes": winning_trial.metrics.peak_mem_bytes,
+            "roofline_efficiency": winning_trial.metrics.roofline_efficiency,
+            "objective": search_objective if chosen else won.objective,
             "baselines": baselines,
+            "race_winner": won.name,
             "speedup_decode": {
                 b.quant_type: decode / b.decode_tps for b in baselines if decode and b.decode_tps
             },

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from haqa.agents.brains import ALL_BRAINS
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, open_store
 from haqa.errors import HaqaError
@@ -22,6 +23,10 @@ AGENT_STYLE = {
     "tuner": "yellow",
 }
 QUIET_ROLES = {"system", "user", "tool_result"}
+#: ``--brain``'s help, from the registry of brains, so a new brain is listed without a change here.
+BRAIN_HELP = ", ".join(f"{b} (default)" if b == "expert" else b for b in ALL_BRAINS) + (
+    " (replay needs a recorded run: haqa replay RUN --rerun)"
+)
 
 
 def print_message(m: MessageRecord, *, verbose: bool = False) -> None:
@@ -128,7 +133,23 @@ def _runtime_summary(cfg: dict[str, Any]) -> str:
 @app.command("run")
 def run_command(
     model: Annotated[
-        str | None, typer.Option("--model", help="zoo:tiny or a Hugging Face model folder")
+        str | None,
+        typer.Option(
+            "--model",
+            help="zoo:NAME, a Hugging Face model folder, or a GGUF file (deployment tuning only)",
+        ),
+    ] = None,
+    train: Annotated[
+        list[str] | None,
+        typer.Option("--train", help="train JSONL task file (repeat for several)"),
+    ] = None,
+    validation: Annotated[
+        list[str] | None,
+        typer.Option("--validation", help="validation JSONL task file (repeat for several)"),
+    ] = None,
+    test: Annotated[
+        list[str] | None,
+        typer.Option("--test", help="test JSONL task file (repeat for several)"),
     ] = None,
     speed_model: Annotated[
         str | None,
@@ -143,9 +164,7 @@ def run_command(
     memory_budget: Annotated[
         str | None, typer.Option("--memory-budget", help="peak memory allowed, e.g. 4GiB")
     ] = None,
-    brain: Annotated[
-        str | None, typer.Option("--brain", help="expert (default), openai, llamacpp")
-    ] = None,
+    brain: Annotated[str | None, typer.Option("--brain", help=BRAIN_HELP)] = None,
     finetune_trials: Annotated[int | None, typer.Option("--finetune-trials")] = None,
     deploy_trials: Annotated[int | None, typer.Option("--deploy-trials")] = None,
     patience: Annotated[int | None, typer.Option("--patience")] = None,
@@ -205,6 +224,9 @@ def run_command(
         config,
         {
             "model": model,
+            "train": train or None,
+            "validation": validation or None,
+            "test": test or None,
             "speed_model": speed_model,
             "goal": goal,
             "max_accuracy_drop": max_accuracy_drop,

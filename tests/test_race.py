@@ -1,0 +1,81 @@
+"""The final race's rule: the answer never loses to a default (or runner-up) it measured, and
+noise does not flip it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.instant import InstantToolbox, ScriptedBrain, drive, instant_runtime
+
+from haqa.agents.supervisor.race import Entrant, spread, winner
+from haqa.agents.supervisor.result import RunResult
+from haqa.graph.routing import Budgets
+from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
+from haqa.store import Store
+
+
+def _e(name: str, objective: float | None, *, meets: bool = True, rsd: float = 0.0) -> Entrant:
+    return Entrant(name=name, config={"q": name}, objective=objective, meets_goal=meets, rsd=rsd)
+
+
+def test_a_faster_default_that_meets_the_goal_becomes_the_answer() -> None:
+    chosen = _e("chosen", 100.0)
+    assert winner(chosen, [_e("default F16", 90.0), _e("default Q4_K_M", 112.0)]).name == (
+        "default Q4_K_M"
+    )
+
+
+def test_a_faster_rival_that_misses_the_goal_never_wins() -> None:
+    chosen = _e("chosen", 100.0)
+    assert winner(chosen, [_e("default Q4_K_M", 150.0, meets=False)]) is chosen
+
+
+def test_within_noise_the_search_choice_stands() -> None:
+    chosen = _e("chosen", 100.0, rsd=0.03)
+    # 5% faster, but the rounds spread 3%: inside twice the noise.
+    assert winner(chosen, [_e("runner-up 1", 105.0)]) is chosen
+    assert winner(chosen, [_e("runner-up 1", 107.0)]).name == "runner-up 1"
+    assert winner(_e("chosen", 100.0), [_e("runner-up 1", 101.5)]).name == "chosen"
+
+
+def test_the_fastest_of_several_faster_rivals_wins() -> None:
+    chosen = _e("chosen", 100.0)
+    rivals = [_e("runner-up 1", 110.0), _e("default Q4_K_M", 120.0), _e("runner-up 2", 115.0)]
+    assert winner(chosen, rivals).name == "default Q4_K_M"
+
+
+def test_the_same_configuration_as_a_default_is_not_a_rival() -> None:
+    chosen = Entrant(name="chosen", config={"q": "Q4_K_M"}, objective=100.0, meets_goal=True)
+    same = Entrant(name="default Q4_K_M", config={"q": "Q4_K_M"}, objective=130.0, meets_goal=True)
+    assert winner(chosen, [same]) is chosen
+
+
+def test_spread_of_rounds() -> None:
+    assert spread([100.0, 110.0]) == 10.0 / 105.0
+    assert spread([100.0]) == 0.0 and spread([None, 3.0]) == 0.0
+
+
+def test_a_run_hands_over_a_faster_default_that_meets_the_goal(tmp_path: Path) -> None:
+    """The search measured Q4_0 (the only type its scripted brain tried) and Q4_K_M; at the end
+    llama.cpp's Q4_K_M defaults decode far faster side by side and Q4_K_M kept the accuracy
+    floor during the search: the answer is the default, and it says so."""
+
+    class FastDefaults(InstantToolbox):
+        def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+            self.deployed.append(config.quant_type)
+            return TrialMetrics(accuracy=0.5, prefill_tps=100.0, decode_tps=20.0)
+
+        def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+            fast = 40.0 if quant_type == "Q4_K_M" else 5.0
+            return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
+
+    store = Store(tmp_path / "haqa.duckdb")
+    brain = ScriptedBrain(["Q4_0", "Q4_K_M"])
+    rt = instant_runtime(store, brain, Budgets(finetune_trials=0, deploy_trials=2), FastDefaults())
+    drive(rt)
+    result = RunResult.model_validate(store.get_run(rt.run_id).result)
+    assert result.found and result.config is not None
+    assert result.race_winner == "llama.cpp's defaults at Q4_K_M"
+    assert result.config["quant_type"] == "Q4_K_M" and result.decode_tps == 40.0
+    assert result.speedup_decode["Q4_K_M"] == 1.0
+    assert any("final race" in m.content for m in store.list_messages(rt.run_id))
