@@ -35,8 +35,9 @@ _MIB = 1024**2
 
 # Calibrated on this project's measurements (see module docstring and the test): the resident
 # memory of a Python process with llama-cpp-python loaded and a context created, before weights,
-# KV cache and compute buffers (interpreter, shared libraries, thread pools, graph metadata).
-RUNTIME_OVERHEAD_BYTES = 44 * _MIB
+# KV cache and compute buffers (interpreter, shared libraries, thread pools, graph metadata);
+# 47 MiB since the measuring child loads through tools/llama_session (its logging set-up).
+RUNTIME_OVERHEAD_BYTES = 47 * _MIB
 # A BPE tokenizer's merges live in llama.cpp's vocabulary as an ordered map of string pairs, with
 # the merged token's text: SmolLM2's 48,900 merges measured 13-14 MiB above the SentencePiece
 # models the overhead was calibrated on (which have none).
@@ -158,15 +159,21 @@ def _hf_shape(folder: Path) -> ModelShape:
 
 
 def _hf_merges(folder: Path) -> int:
-    """BPE merges in the folder's tokenizer.json (0 when it has none or no such file)."""
+    """BPE merges llama.cpp will keep for the folder's tokenizer: a byte-level BPE's (GPT-2
+    style, which the converter writes as ``tokenizer.ggml.merges``); a SentencePiece model
+    (byte fallback) becomes llama.cpp's SPM vocabulary, which keeps none, so the HF folder and
+    its GGUF are estimated alike."""
     path = folder / "tokenizer.json"
     if not path.is_file():
         return 0
     try:
-        merges = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("merges")
+        model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
     except (OSError, ValueError, AttributeError):
         return 0
-    return len(merges) if isinstance(merges, list) else 0
+    merges = model.get("merges") if isinstance(model, dict) else None
+    if model.get("type") != "BPE" or model.get("byte_fallback") or not isinstance(merges, list):
+        return 0
+    return len(merges)
 
 
 def _gguf_shape(path: Path) -> ModelShape:
