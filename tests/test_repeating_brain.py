@@ -205,6 +205,11 @@ def test_the_time_limit_holds_whatever_the_brain_answers(store: Store, kind: str
     # run 20 x 0.1 s past the limit and more.
     assert overrun <= trial_s + answer_s + 1.0, f"{overrun:.2f} s past the limit"
     assert len(store.list_messages(rt.run_id)) < 200
+    # Nor does the answer benchmark anything past the limit: no final race against the
+    # defaults (four benchmarks), only the answer's test accuracy.
+    roles = [t.role for t in store.list_trials(rt.run_id)]
+    assert "final" not in roles and "baseline" not in roles, roles
+    assert "limit" in " ".join(m.content for m in store.list_messages(rt.run_id)[-5:])
 
 
 def test_a_stage_that_never_counts_ends_at_the_proposal_cap(store: Store) -> None:

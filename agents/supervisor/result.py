@@ -201,6 +201,18 @@ def _race(rt: RunRuntime, best: TrialRecord, adapter: str | None, reference: flo
         )
 
     race = _Race(chosen=best)
+    if rt.past_deadline:
+        # --time-limit holds for the answer too: past it, nothing more is benchmarked (the race
+        # is four benchmarks); the answer is the search's best, not raced against the defaults.
+        rt.say(
+            "supervisor",
+            ROLE_OBSERVATION,
+            f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached: the answer is the "
+            "search's best, not measured again beside llama.cpp's defaults (no speedup figures)",
+        )
+        race.entrants = _entrants(rt, race, reference)
+        race.winner = race.entrants[0]
+        return race
     recorded = rt.toolbox.recorded
     before = None if recorded else measure_chosen(1)
     race.baselines = _measure_baselines(rt)
