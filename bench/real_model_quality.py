@@ -2,7 +2,7 @@
 and KL divergence from the reference over held-out English prose, top-token agreement, and
 multiple-choice accuracy with its 95% interval and a paired comparison with the reference.
 
-The model is the zoo's SmolLM2-135M-Instruct (or any GGUF / HF folder with ``--model``): the
+The model is the zoo's SmolLM2-135M-Instruct, the zoo model that ships held-out prose: the
 reference is its F16 GGUF (for the zoo model: the shipped Q4_1 weights dequantized), every type is
 quantized from it. Perplexity follows ``llama-perplexity`` (512-token windows, second half
 scored); KL divergence and "same top" follow ``llama-perplexity --kl-divergence`` on the first
@@ -25,26 +25,21 @@ from haqa.modelref import resolve_model
 from haqa.stats import compare_paired, wilson_interval
 from haqa.tools.evaluate import Args as EvalArgs
 from haqa.tools.evaluate import evaluate
-from haqa.tools.export_gguf import Args as ExportArgs
-from haqa.tools.export_gguf import QuantizeArgs, check_quant_type, export_gguf, quantize_gguf
+from haqa.tools.export_gguf import QuantizeArgs, check_quant_type, quantize_gguf
 from haqa.tools.gguf_header import weight_mix
 from haqa.tools.gguf_loglik import divergence, gguf_perplexity, gguf_token_distributions
 
 DEFAULT_QUANTS = "F16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_NL,Q3_K_M,Q2_K"
 
 
-def _reference(spec: str) -> tuple[Path, str, list[Path]]:
-    """The reference GGUF, the held-out text and the task files of the split asked for."""
+def _reference(spec: str) -> tuple[Path, str]:
+    """The reference GGUF and the held-out text of a zoo model that ships prose and tasks."""
     from haqa import zoo
 
-    ref = resolve_model(spec)
-    if spec == "zoo:smollm2-135m":
-        files = zoo.smollm2_files()
-        return files.f16_gguf, zoo.text_file("smollm2-135m", "eval").read_text(), []
-    if ref.kind == "gguf":
-        raise SystemExit("pass a zoo model or an HF folder: the reference is its F16 export")
-    f16 = export_gguf(ExportArgs(model=ref.path, outtype="F16")).gguf_path
-    raise SystemExit(f"{spec}: bring held-out text and tasks via the zoo (reference {f16})")
+    if spec != "zoo:smollm2-135m":
+        raise SystemExit(f"{spec}: only zoo:smollm2-135m ships held-out prose and tasks")
+    resolve_model(spec)  # builds it once if needed
+    return zoo.smollm2_files().f16_gguf, zoo.text_file("smollm2-135m", "eval").read_text()
 
 
 def _windows(text: str, n: int) -> list[str]:
@@ -73,7 +68,7 @@ def main() -> int:
     a = ap.parse_args()
     from haqa import zoo
 
-    f16, text, _ = _reference(a.model)
+    f16, text = _reference(a.model)
     tasks = zoo.task_files(a.model.removeprefix("zoo:"), a.split)
     kl_texts = _windows(text, a.kl_windows)
     ref_dist = gguf_token_distributions(f16, kl_texts, n_threads=a.threads)
