@@ -112,7 +112,7 @@ def record_grid(
             metrics = toolbox.deploy(cfg, adapter)
             weights_and_cache = (cfg.quant_type, KvCacheSettings.deployed(cfg.runtime))
             if weights_and_cache not in test_accuracy:
-                test_accuracy[weights_and_cache] = toolbox.final_test(cfg, adapter)
+                test_accuracy[weights_and_cache] = toolbox.final_test(cfg, adapter).accuracy or 0.0
             estimate = toolbox.estimate_deploy(cfg)
             data = {
                 **metrics.model_dump(mode="json"),
@@ -205,8 +205,8 @@ class TabularToolbox:
             self._next(DeployConfig(quant_type=quant_type, **runtime.model_dump()))  # type: ignore[arg-type]
         )
 
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
-        return float(self.first_repeat(config).test_accuracy or 0.0)
+    def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics(accuracy=self.first_repeat(config).test_accuracy or 0.0)
 
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
         return {"total_bytes": self.first_repeat(config).predicted_peak_mem_bytes or 0}

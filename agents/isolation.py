@@ -214,8 +214,8 @@ class IsolatedToolbox:
     def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
         return TrialMetrics.model_validate(self._call("baseline", quant_type, runtime))
 
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
-        return float(self._call("final_test", config, adapter))
+    def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("final_test", config, adapter))
 
     # The memory gate's estimates read file headers only: cheap and safe in-process.
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from haqa.errors import HaqaError
 from haqa.schemas import (
     DeployConfig,
     FinetuneConfig,
@@ -47,6 +48,10 @@ class ToolboxSettings(BaseModel):
     target_rsd: float | None = None
     max_repetitions: int = 10
     quick_analysis: bool = False
+    #: Held-out prose the answer's perplexity is measured on beside the reference's (None: no
+    #: perplexity), and how many 512-token windows of it.
+    eval_text: Path | None = None
+    perplexity_windows: int = 16
 
 
 class Toolbox(Protocol):
@@ -72,7 +77,7 @@ class Toolbox(Protocol):
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]: ...
 
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float: ...
+    def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics: ...
 
 
 class LiveToolbox:
@@ -82,8 +87,9 @@ class LiveToolbox:
 
     def __init__(self, settings: ToolboxSettings) -> None:
         self.s = settings
-        self._accuracy_by_quant: dict[tuple[str | None, str, KvCacheSettings], float] = {}
+        self._accuracy_by_quant: dict[tuple[str | None, str, KvCacheSettings], TrialMetrics] = {}
         self._bandwidth: float | None = None
+        self._longest: int | None = None
 
     # -- hardware --------------------------------------------------------------------------
 
@@ -101,7 +107,20 @@ class LiveToolbox:
         shapes = self._shape_source()
         # Quick analysis (tests, demos): fewer repeats; the kernels timed are the same.
         result = microbench_kernels(Args(model=shapes, repeats=3 if self.s.quick_analysis else 10))
-        return dict(result.model_dump(mode="json"))
+        return {**result.model_dump(mode="json"), "weight_bits": self.weight_bits()}
+
+    def weight_bits(self) -> dict[str, dict[str, float]]:
+        """Each file type's effective bits per weight on the benchmarked model, predicted from
+        its tensor shapes: the brief ranks and names types by what they become on this model."""
+        from haqa.quant import FTYPE_BASE
+        from haqa.tools.estimate_memory import predict_bits, read_shape
+
+        shape = read_shape(self._shape_source())
+        return {
+            q: predict_bits(shape, q).model_dump(exclude={"quant_type"})
+            for q in FTYPE_BASE
+            if q != "F32"
+        }
 
     def _shape_source(self) -> Path:
         """The model whose layer shapes matter for speed: the speed model when there is one."""
@@ -132,6 +151,7 @@ class LiveToolbox:
             acc_norm=result.acc_norm,
             per_kind={k: v.model_dump() for k, v in result.per_kind.items()},
             eval_backend=result.backend,
+            correct=result.correct,
         )
 
     def evaluate_base(self) -> TrialMetrics:
@@ -155,8 +175,17 @@ class LiveToolbox:
     # -- deployment side -------------------------------------------------------------------
 
     def _gguf(self, adapter: str | None, quant_type: str) -> Path:
-        """The fine-tuned model as GGUF of this type (cached by content in the artifact store)."""
-        from haqa.tools.export_gguf import Args, export_gguf
+        """The fine-tuned model as GGUF of this type (cached by content in the artifact store).
+        A GGUF model is quantized from itself: its F16 is its own weights dequantized (the
+        reference), its other types carry its rounding and theirs when it is quantized."""
+        from haqa.tools.export_gguf import Args, QuantizeArgs, export_gguf, quantize_gguf
+
+        if self.s.model.is_file():
+            if adapter:
+                raise HaqaError("a GGUF model takes no adapter: it is tuned for deployment only")
+            return quantize_gguf(
+                QuantizeArgs(gguf=self.s.model, quant_type=quant_type)  # type: ignore[arg-type]
+            ).gguf_path
 
         return export_gguf(
             Args(
@@ -179,26 +208,30 @@ class LiveToolbox:
 
     def _deployed_accuracy(
         self, adapter: str | None, quant_type: str, kv_cache: KvCacheSettings | None = None
-    ) -> float:
-        """Validation accuracy of the GGUF of this type with these K/V cache types (default f16),
-        measured once: cached in memory and on disk (keyed by the content-addressed GGUF, the
-        cache types and the task files), so neither a second runtime setting with the same
-        weights and cache nor a resumed run evaluates it again. Threads and batches change only
-        speed; a q8_0 or q4_0 cache changes the answers, so it is scored as it deploys."""
+    ) -> TrialMetrics:
+        """Validation accuracy (and the answers, question by question) of the GGUF of this type
+        with these K/V cache types (default f16), measured once: cached in memory and on disk
+        (keyed by the content-addressed GGUF, the cache types and the task files), so neither a
+        second runtime setting with the same weights and cache nor a resumed run evaluates it
+        again. Threads and batches change only speed; a q8_0 or q4_0 cache changes the answers,
+        so it is scored as it deploys."""
         kv = kv_cache or KvCacheSettings()
         key = (adapter, quant_type, kv)
         if key not in self._accuracy_by_quant:
             gguf = self._gguf(adapter, quant_type)
             cache = self._eval_cache_path(gguf, self.s.validation_files, kv)
-            if cache.is_file():
-                self._accuracy_by_quant[key] = float(json.loads(cache.read_text())["accuracy"])
+            stored = json.loads(cache.read_text()) if cache.is_file() else {}
+            if "correct" in stored:  # an entry written before answers were kept is scored again
+                scored = TrialMetrics(accuracy=stored["accuracy"], correct=stored["correct"])
             else:
                 scored = self._evaluate(gguf, None, self.s.validation_files, kv)
-                self._accuracy_by_quant[key] = float(scored.accuracy or 0.0)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"accuracy": self._accuracy_by_quant[key]}))
+                tmp.write_text(json.dumps({"accuracy": scored.accuracy, "correct": scored.correct}))
                 tmp.replace(cache)
+            self._accuracy_by_quant[key] = TrialMetrics(
+                accuracy=scored.accuracy, correct=scored.correct
+            )
         return self._accuracy_by_quant[key]
 
     def _eval_cache_path(
@@ -216,10 +249,11 @@ class LiveToolbox:
         return artifacts_dir() / "evals" / f"{h.hexdigest()[:24]}.json"
 
     def reference(self, adapter: str | None) -> TrialMetrics:
-        return TrialMetrics(accuracy=self._deployed_accuracy(adapter, "F16"))
+        return self._deployed_accuracy(adapter, "F16")
 
     def _benchmark(self, gguf: Path, runtime: RuntimeSettings) -> TrialMetrics:
         from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp
+        from haqa.tools.gguf_header import weight_mix
 
         if self._bandwidth is None:
             self.probe()  # the probe is cached per machine: this reads the measured bandwidth
@@ -237,6 +271,7 @@ class LiveToolbox:
             )
         )
         rsd = {("pp" if t.n_prompt else "tg"): t.rsd for t in result.tests}
+        mix = weight_mix(gguf)
         return TrialMetrics(
             prefill_tps=result.prefill_tps,
             decode_tps=result.decode_tps,
@@ -248,22 +283,45 @@ class LiveToolbox:
             prefill_rsd=rsd.get("pp"),
             benchmark=result.model_dump(mode="json", exclude={"samples_ns"}),
             gguf=str(gguf),
+            bits_per_weight=mix.bits_per_weight,
+            fallback_share=mix.fallback_share,
         )
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-        accuracy = self._deployed_accuracy(
+        scored = self._deployed_accuracy(
             adapter, config.quant_type, KvCacheSettings.deployed(config.runtime)
         )
         speed = self._benchmark(self._speed_gguf(adapter, config.quant_type), config.runtime)
-        return TrialMetrics(**{**speed.model_dump(), "accuracy": accuracy})
+        return TrialMetrics(
+            **{**speed.model_dump(), "accuracy": scored.accuracy, "correct": scored.correct}
+        )
 
     def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
         return self._benchmark(self._speed_gguf(None, quant_type), runtime)
 
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
+    def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        """The answer's accuracy on the test split and, where the run has held-out prose, its
+        perplexity beside the reference's (F16) over the same windows, as it deploys."""
         gguf = self._gguf(adapter, config.quant_type)
         kv = KvCacheSettings.deployed(config.runtime)
-        return float(self._evaluate(gguf, None, self.s.test_files, kv).accuracy or 0.0)
+        scored = self._evaluate(gguf, None, self.s.test_files, kv)
+        out = TrialMetrics(accuracy=scored.accuracy, correct=scored.correct)
+        if self.s.eval_text is None:
+            return out
+        from haqa.tools.gguf_loglik import gguf_perplexity
+
+        text = self.s.eval_text.read_text()
+
+        def ppl(path: Path, cache: KvCacheSettings) -> float:
+            w = self.s.perplexity_windows
+            return gguf_perplexity(path, text, kv_cache=cache, max_chunks=w).perplexity
+
+        return out.model_copy(
+            update={
+                "perplexity": ppl(gguf, kv),
+                "reference_perplexity": ppl(self._gguf(adapter, "F16"), KvCacheSettings()),
+            }
+        )
 
     # -- memory gate -----------------------------------------------------------------------
 
@@ -278,5 +336,16 @@ class LiveToolbox:
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         from haqa.tools.estimate_memory import FinetuneMemoryArgs, estimate_finetune_memory
 
-        estimate = estimate_finetune_memory(FinetuneMemoryArgs(model=self.s.model, config=config))
+        longest = self._longest_example(config.max_seq_len)
+        estimate = estimate_finetune_memory(
+            FinetuneMemoryArgs(model=self.s.model, config=config, example_tokens=longest)
+        )
         return dict(estimate.model_dump(mode="json"))
+
+    def _longest_example(self, max_seq_len: int) -> int:
+        """The longest training example in tokens (cut at ``max_seq_len``), tokenized once."""
+        if self._longest is None:
+            from haqa.tools.run_qlora import longest_example_tokens
+
+            self._longest = longest_example_tokens(self.s.model, self.s.train_files, 1 << 20)
+        return min(self._longest, max_seq_len)

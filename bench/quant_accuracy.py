@@ -1,4 +1,5 @@
-"""Deployed accuracy per llama.cpp quant type, side by side with the HF model plus its adapter.
+"""Deployed accuracy per llama.cpp quant type: the real model by default; on the tiny model side by
+side with the HF model plus its adapter.
 
 The zoo's tiny model is fine-tuned (the same QLoRA settings as the accuracy test; the adapter is
 cached) and exported with the adapter merged to every type asked for; each GGUF is scored on the
@@ -15,14 +16,20 @@ model's learned function tolerates at all, which is what decides whether Q2_K's 
 ``--kv-caches`` scores one weight type (``--kv-quant``) again with each quantized K/V cache type
 (K and V alike), as the tuner's deploy trials run it.
 
-    python bench/quant_accuracy.py [--quants F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K] [--split test]
-                                   [--noise 0.3,1.0] [--kv-quant Q4_K_M] [--kv-caches q8_0,q4_0]
+    python bench/quant_accuracy.py [--model zoo:smollm2-135m] [...]   # the real model (default)
+    python bench/quant_accuracy.py --model zoo:tiny [--quants F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K]
+        [--split test] [--noise 0.3,1.0] [--kv-quant Q4_K_M] [--kv-caches q8_0,q4_0]
+
+Without ``--model zoo:tiny`` it runs ``real_model_quality.py`` on SmolLM2-135M-Instruct (every
+type from F16 to Q2_K: size, bits/weight, perplexity, KLD, top-1 agreement, MC accuracy with its
+95% interval); the tiny-model study below is kept for the noise and K/V-cache questions.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
@@ -94,6 +101,13 @@ def _row(
 
 
 def main() -> int:
+    if "--model" not in sys.argv or "zoo:tiny" not in sys.argv:
+        # The real model (the default): size, bits, perplexity, KLD, top-1 agreement and MC
+        # accuracy with its interval per type, measured by the real-model bench.
+        import real_model_quality
+
+        return real_model_quality.main()
+    sys.argv = [a for a in sys.argv if a not in ("--model", "zoo:tiny")]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quants", default="F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K")
     parser.add_argument("--split", default="test", choices=zoo.TASK_SPLITS)

@@ -31,12 +31,34 @@ from haqa.trial_registry import reap_strays, registry_dir
 BRAINS = ALL_BRAINS
 
 
+def _gguf_deploys_only(data: dict[str, Any]) -> dict[str, Any]:
+    """A GGUF model has no fine-tuning stage: unless the budgets say otherwise (an error later,
+    naming the flag), its run starts at the deployment."""
+    if not str(data.get("model", "")).lower().endswith(".gguf"):
+        return data
+    budgets = data.get("budgets")
+    if isinstance(budgets, Budgets):
+        if "finetune_trials" in budgets.model_fields_set:
+            return data
+        budgets = budgets.model_copy(update={"finetune_trials": 0})
+    elif isinstance(budgets, dict):
+        budgets = {"finetune_trials": 0, **budgets}
+    elif budgets is None:
+        budgets = {"finetune_trials": 0}
+    return {**data, "budgets": budgets}
+
+
 class RunConfig(Strict):
     """Everything that defines a run (stored with it, so resume and --rerun need nothing else)."""
 
-    model: str = Field("zoo:tiny", description="zoo:NAME or a Hugging Face model folder")
+    model: str = Field(
+        "zoo:tiny",
+        description="zoo:NAME, a Hugging Face model folder, or a GGUF file (deployment only)",
+    )
     speed_model: str | None = Field(
-        None, description="model benchmarked for speed (zoo:bench-200m, a GGUF or HF folder)"
+        None,
+        description="benchmark speed on this other model (a GGUF or HF folder); default: the "
+        "model itself, so accuracy and speed are measured on the same GGUF",
     )
     goal: str = Field("decode", description="decode, prefill or workload:PROMPT+GEN")
     max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="points below the reference")
@@ -50,6 +72,14 @@ class RunConfig(Strict):
     validation: list[str] | None = Field(None, description="validation JSONL files")
     test: list[str] | None = Field(None, description="test JSONL files")
     eval_limit: int | None = Field(100, ge=1, description="examples per task file and split")
+    eval_text: str | None = Field(
+        None,
+        description="held-out prose (a text file) for the answer's perplexity beside the "
+        "reference's; default: the bundled English prose (CPython's documentation)",
+    )
+    perplexity_windows: int = Field(
+        16, ge=0, le=10_000, description="512-token windows of it scored (0: no perplexity)"
+    )
     n_prompt: int = Field(256, ge=1, le=65536, description="benchmark prompt tokens (pp)")
     n_gen: int = Field(64, ge=1, le=65536, description="benchmark generated tokens (tg)")
     repetitions: int = Field(3, ge=1, le=100, description="benchmark repetitions")
@@ -83,6 +113,7 @@ class RunConfig(Strict):
 
         if not isinstance(data, dict):
             return data
+        data = _gguf_deploys_only(data)
         recipe = finetune_recipe(str(data.get("model", "zoo:tiny")))
         finetune = data.get("finetune") or {}
         if isinstance(finetune, FinetuneConfig):
@@ -111,56 +142,89 @@ class RunConfig(Strict):
         )
 
 
+DEMO_MODEL = "zoo:smollm2-135m"
+
+
 def demo_config(memory_budget: str | None = "4GiB") -> RunConfig:
-    """The bundled defaults `haqa demo` runs (and the overhead benchmark measures): the tiny
-    model fine-tuned, the deployment tuned on the 200M speed model, about two minutes warm."""
+    """The bundled defaults `haqa demo` runs: the real SmolLM2-135M-Instruct fine-tuned once
+    (QLoRA) on the bundled tasks, then its deployment tuned on this machine, accuracy and speed
+    measured on the same GGUF. Sized for about ten minutes on two cores: one fine-tune, five
+    deploy trials, 30 validation questions per task kind (8 kinds: 220 questions), and a
+    wall-clock limit that keeps the demo inside fifteen minutes on a slower machine."""
     return RunConfig(
-        model="zoo:tiny",
-        speed_model="zoo:bench-200m",
+        model=DEMO_MODEL,
         goal="decode",
         max_accuracy_drop=2.0,
         memory_budget=memory_budget,
-        budgets=Budgets(finetune_trials=2, deploy_trials=6, patience=4, wall_clock_s=900),
-        eval_limit=100,
-        n_prompt=256,
+        budgets=Budgets(finetune_trials=1, deploy_trials=5, patience=3, wall_clock_s=660),
+        eval_limit=30,
+        n_prompt=128,
         n_gen=32,
         repetitions=3,
     )
 
 
-def _task_files(cfg: RunConfig, model_spec: str) -> tuple[list[Path], list[Path], list[Path]]:
+def _task_files(
+    cfg: RunConfig, model_spec: str, *, fine_tunes: bool
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """The run's task files: the user's, else the zoo model's own, else (a user's model given
+    no tasks) the bundled general-knowledge tasks of ``zoo:smollm2-135m`` — English multiple
+    choice that any instruct model can be scored on. A run that does not fine-tune (a GGUF, or
+    --finetune-trials 0) needs no train files."""
     from haqa.tasks import load_jsonl
 
     if cfg.train or cfg.validation or cfg.test:
-        if not (cfg.train and cfg.validation and cfg.test):
-            raise HaqaError("pass --train, --validation and --test task files together")
-        split = [[Path(p) for p in files] for files in (cfg.train, cfg.validation, cfg.test)]
+        needed = (cfg.train, cfg.validation, cfg.test) if fine_tunes else (cfg.validation, cfg.test)
+        if not all(needed):
+            flags = "--train, --validation and --test" if fine_tunes else "--validation and --test"
+            raise HaqaError(f"pass {flags} task files together")
+        split = [[Path(p) for p in files or []] for files in (cfg.train, cfg.validation, cfg.test)]
         for files in split:
             for f in files:
                 load_jsonl(f, limit=1)  # a clear error for a missing or malformed file, now
         return split[0], split[1], split[2]
-    if not model_spec.startswith("zoo:"):
-        raise HaqaError(
-            f"model {model_spec} has no bundled tasks: pass --train, --validation and --test "
-            "JSONL files (see haqa/tasks.py for the format)"
-        )
     from haqa import zoo
 
-    name = model_spec[len("zoo:") :]
+    name = model_spec[len("zoo:") :] if model_spec.startswith("zoo:") else zoo.SMOLLM2
+    if name not in ("tiny", zoo.SMOLLM2):
+        name = zoo.SMOLLM2  # a speed-only zoo shape has no tasks of its own
     return tuple(zoo.task_files(name, s) for s in ("train", "validation", "test"))  # type: ignore[return-value]
+
+
+def _eval_text(cfg: RunConfig) -> Path | None:
+    """The prose the answer's perplexity is measured on: the user's file, else the bundled
+    held-out prose (the tiny zoo model, trained on a toy language, is not scored on English)."""
+    if cfg.perplexity_windows == 0 or cfg.model == "zoo:tiny":
+        return None
+    if cfg.eval_text:
+        path = Path(cfg.eval_text)
+        if not path.is_file():
+            raise HaqaError(f"--eval-text {path}: no such file")
+        return path
+    from haqa import zoo
+
+    return zoo.text_file(zoo.SMOLLM2, "eval")
 
 
 def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
     """Validate everything a run needs before anything is stored; build zoo models if needed."""
     goal = cfg.parsed_goal()  # the brain was checked when the config was built
     model = resolve_model(cfg.model)
-    if model.kind != "hf":
+    if model.kind == "gguf":
+        from haqa.tools.export_gguf import check_gguf
+        from haqa.tools.llama_session import check_loadable
+
+        check_gguf(model.path)  # a truncated file: one line, before anything is stored
+        check_loadable(model.path)
+    if model.kind == "gguf" and cfg.budgets.finetune_trials:
         raise HaqaError(
-            f"{cfg.model} is a GGUF file: `haqa run` fine-tunes, so pass a Hugging Face folder "
-            "(benchmark a GGUF with `haqa bench`, or pass it as --speed-model)"
+            f"{cfg.model} is a GGUF file: it is tuned for deployment only, so pass "
+            "--finetune-trials 0 (fine-tuning needs a Hugging Face folder)"
         )
     speed = resolve_model(cfg.speed_model).path if cfg.speed_model else None
-    train, validation, test = _task_files(cfg, cfg.model)
+    train, validation, test = _task_files(
+        cfg, cfg.model, fine_tunes=cfg.budgets.finetune_trials > 0
+    )
     settings = ToolboxSettings(
         model=model.path,
         speed_model=speed,
@@ -174,8 +238,21 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
         target_rsd=cfg.measurement.target_rsd,
         max_repetitions=cfg.measurement.max_repetitions,
         quick_analysis=cfg.quick_analysis,
+        eval_text=_eval_text(cfg),
+        perplexity_windows=cfg.perplexity_windows,
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
+    if model.kind == "gguf":
+        from haqa.tools.export_gguf import quantized_source_type
+
+        source = quantized_source_type(model.path)
+        summary += (
+            f" (a {source} GGUF: deployment tuning only; every type is requantized from its "
+            f"{source} weights, so it carries both roundings; the reference is those weights "
+            "dequantized to F16)"
+            if source
+            else " (a GGUF: deployment tuning only)"
+        )
     return goal, settings, summary
 
 
@@ -260,6 +337,9 @@ def start_run(
         ROLE_SUPERVISOR,
         f"run {record.run_id}: {goal.describe()}; brain {rt.brain.name} ({rt.brain.kind})",
     )
+    # The model on a line of its own, its requantization note first (a path can be long).
+    note = summary[len(cfg.model) :].strip(" ()")
+    rt.say("supervisor", ROLE_SUPERVISOR, f"model: {note + ': ' if note else ''}{cfg.model}")
     return record.run_id, _drive(rt)
 
 

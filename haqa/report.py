@@ -86,18 +86,26 @@ def _plots(run: RunRecord, trials: list[TrialRecord], out: Path) -> list[str]:
 
 def _trials_table(trials: list[TrialRecord]) -> list[str]:
     lines = [
-        "| # | stage | tool | config | status | acc | pp t/s | tg t/s | peak mem | reason |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | stage | tool | config | status | acc | bits/weight | pp t/s | tg t/s | peak mem "
+        "| reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         cfg = ", ".join(f"{k}={v}" for k, v in t.config.items() if not isinstance(v, dict | list))
         m = t.metrics
         lines.append(
             f"| {t.trial_id} | {t.stage} | {t.tool} | {cfg} | {t.status} | "
-            f"{_fmt(m.accuracy, '.3f')} | {_fmt(m.prefill_tps)} | {_fmt(m.decode_tps)} | "
+            f"{_fmt(m.accuracy, '.3f')} | {_bits(m.bits_per_weight, m.fallback_share)} | "
+            f"{_fmt(m.prefill_tps)} | {_fmt(m.decode_tps)} | "
             f"{format_bytes(m.peak_mem_bytes)} | {(t.error or '').replace('|', '/')} |"
         )
     return lines
+
+
+def _bits(bits: float | None, fallback: float | None) -> str:
+    if bits is None:
+        return "-"
+    return f"{bits:.2f}" + (f" ({fallback:.0%} fell back)" if fallback else "")
 
 
 def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
@@ -175,12 +183,35 @@ def _ids(ids: Any) -> str:
     return ", ".join(str(i) for i in ids or []) or "none"
 
 
+def _quality_lines(result: dict[str, Any]) -> list[str]:
+    """The answer's weights and what they cost: effective bits, the paired comparison with the
+    reference, the resolution note, and perplexity beside the reference's."""
+    lines = []
+    if result.get("bits_per_weight"):
+        fell = result.get("fallback_share") or 0.0
+        lines.append(
+            f"- effective bits per weight: {result['bits_per_weight']:.2f}"
+            + (f" ({fell:.0%} of the matrix weights fell back to another type)" if fell else "")
+        )
+    if result.get("accuracy_vs_reference"):
+        lines.append(f"- paired with the reference (validation): {result['accuracy_vs_reference']}")
+    if result.get("accuracy_resolution"):
+        lines.append(f"- note: {result['accuracy_resolution']}")
+    ppl, ref = result.get("perplexity"), result.get("reference_perplexity")
+    if ppl and ref:
+        lines.append(
+            f"- perplexity on held-out prose: {ppl:.2f} (reference {ref:.2f}, {ppl / ref:.3f}x)"
+        )
+    return lines
+
+
 def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
     result: dict[str, Any] = run.result or {}
     brief = (run.hardware or {}).get("brief", {})
     lines = [f"# haqa run {run.run_id}", ""]
     lines += [
-        f"- model: `{run.model}`",
+        f"- model: `{run.model}`"
+        + (f": {result['model_summary']}" if result.get("model_summary") else ""),
         f"- brain: {run.brain}",
         f"- goal: {result.get('goal', run.goal)}",
         f"- status: {run.status}",
@@ -200,6 +231,7 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
             f"{_fmt(result.get('reference_accuracy'), '.3f')}, base model "
             f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
             f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
+            *_quality_lines(result),
             f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
             f"{_fmt(result.get('decode_tps'))} tok/s{_finals_note(result)}, peak memory "
             f"{format_bytes(result.get('peak_mem_bytes'))}",

@@ -221,6 +221,17 @@ class TrialMetrics(BaseModel):
     eval_backend: Literal["hf", "gguf"] | None = Field(
         None, description="what scored the answers: the HF model (torch) or a GGUF (llama.cpp)"
     )
+    correct: str | None = Field(
+        None,
+        description="'1'/'0' per question scored, in file order: what a paired comparison with "
+        "the reference reads",
+    )
+    perplexity: float | None = Field(
+        None, description="perplexity of the scored GGUF over the run's held-out prose"
+    )
+    reference_perplexity: float | None = Field(
+        None, description="the reference's (F16) perplexity over the same prose, side by side"
+    )
     test_accuracy: float | None = Field(
         None, description="accuracy on the test split (a recorded grid point carries it)"
     )
@@ -243,6 +254,12 @@ class TrialMetrics(BaseModel):
         None, description="the benchmark's full result (tests, spreads), without raw samples"
     )
     gguf: str | None = Field(None, description="path of the GGUF file that was benchmarked")
+    bits_per_weight: float | None = Field(
+        None, description="effective bits per weight of that GGUF, from its header"
+    )
+    fallback_share: float | None = Field(
+        None, description="share of its matrix weights stored in a fallback type (rows too short)"
+    )
 
     # -- the memory gate ---------------------------------------------------------------------
     predicted_peak_mem_bytes: int | None = Field(

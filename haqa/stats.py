@@ -118,3 +118,28 @@ def questions_to_resolve(tolerance: float, disagreement: float = 0.1) -> int:
         else:
             hi = mid
     return hi
+
+
+def paired_resolution(n: int, disagreement: float = 0.1) -> float:
+    """Half-width of the 95% interval of a paired difference on ``n`` questions when the two
+    models disagree on ``disagreement`` of them (the same formula as ``compare_paired``)."""
+    if n <= 0:
+        return 1.0
+    return Z95 * math.sqrt(disagreement / n) + 1.0 / n
+
+
+def resolution_statement(n: int, tolerance: float, disagreement: float = 0.1) -> str | None:
+    """A plain sentence when a goal's accuracy tolerance (a fraction) is finer than ``n`` paired
+    questions can resolve; None when it is not. The 10% disagreement is what a 4-bit type of a
+    small real model shows against its reference (SmolLM2-135M: Q4_K_M differs on 8-12%)."""
+    half = paired_resolution(n, disagreement)
+    if half <= tolerance + 1e-12:
+        return None
+    need = questions_to_resolve(tolerance, disagreement)
+    return (
+        f"the goal's tolerance of {tolerance * 100:g} points is finer than this measurement "
+        f"resolves: on {n} paired questions a difference within ±{half * 100:.1f} points is "
+        f"noise (95%, at {disagreement:.0%} of answers differing); about {need} questions "
+        "would resolve it, so a type judged feasible or not by less than that may be judged "
+        "by chance"
+    )

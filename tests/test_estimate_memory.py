@@ -5,11 +5,10 @@ within 25% of a measured training run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.qlora_child import qlora_in_child
 from support.zoo import bench_200m_gguf
 
 from haqa.errors import HaqaError
@@ -128,18 +127,6 @@ def test_deploy_estimate_within_15_percent_of_measured_peak_rss(
     assert all(0.85 <= r <= 1.15 for r in ratios), "\n".join(table)
 
 
-_QLORA_CHILD = r"""
-import json, sys
-from pathlib import Path
-from haqa.schemas import FinetuneConfig
-from haqa.tools.run_qlora import Args, run_qlora
-model, data, out, cfg = sys.argv[1:5]
-result = run_qlora(Args(model=Path(model), config=FinetuneConfig(**json.loads(cfg)),
-                        train_files=[Path(data)], output_dir=Path(out)))
-print(json.dumps({"peak": result.peak_mem_bytes}))
-"""
-
-
 @pytest.mark.slow
 def test_finetune_estimate_within_25_percent_of_a_measured_qlora_run(
     tiny_model: Path, tmp_path: Path
@@ -153,12 +140,7 @@ def test_finetune_estimate_within_25_percent_of_a_measured_qlora_run(
             f.write(json.dumps({**row, "id": f"long-{i}", "kind": "arithmetic"}) + "\n")
     # A configuration the constants were not fitted on (they were fitted at r=8, 8x64..32x256).
     config = FinetuneConfig(max_steps=2, batch_size=12, max_seq_len=160, lora_r=16)
-    proc = subprocess.run(
-        [sys.executable, "-c", _QLORA_CHILD, str(tiny_model), str(data), str(tmp_path / "out"),
-         config.model_dump_json()],
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    measured = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
+    measured = qlora_in_child(tiny_model, [data], tmp_path / "out", config)["peak"]
     estimate = estimate_finetune_memory(FinetuneMemoryArgs(model=tiny_model, config=config))
     ratio = estimate.total_bytes / measured
     print(

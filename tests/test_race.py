@@ -38,6 +38,19 @@ def test_within_noise_the_search_choice_stands() -> None:
     assert winner(_e("chosen", 100.0), [_e("runner-up 1", 101.5)]).name == "chosen"
 
 
+def test_a_default_that_measured_faster_wins_even_within_noise() -> None:
+    """A tie the race cannot resolve goes to llama.cpp's defaults when they measured faster: the
+    answer is then never reported slower than a default it was measured beside."""
+    chosen = _e("chosen", 100.0, rsd=0.03)
+    default = Entrant(
+        name="default Q4_K_M", config={"q": "d"}, objective=100.5, meets_goal=True, default=True
+    )
+    assert winner(chosen, [default]) is default
+    slower = default.model_copy(update={"objective": 99.0})
+    assert winner(chosen, [slower]) is chosen
+    assert winner(chosen, [default.model_copy(update={"meets_goal": False})]) is chosen
+
+
 def test_the_fastest_of_several_faster_rivals_wins() -> None:
     chosen = _e("chosen", 100.0)
     rivals = [_e("runner-up 1", 110.0), _e("default Q4_K_M", 120.0), _e("runner-up 2", 115.0)]

@@ -70,6 +70,30 @@ def test_ranking_follows_measured_kernels_not_bits() -> None:
     assert rank_quant_types(types, slow4, 10e9)[0][0] == "Q8_0"
 
 
+def test_the_brief_ranks_and_names_types_by_the_bits_they_have_on_this_model() -> None:
+    """On a model whose rows do not fit 256-blocks (SmolLM2's 576), Q2_K falls back to Q4_0 and
+    weighs what Q4_0 does: the brief ranks it by those bits and says so, in the text the tuner
+    reads, rather than by Q2_K's nominal 3.35 bits."""
+    types = ["Q8_0", "Q4_0", "Q2_K"]
+    # Kernels that consume weights at one rate: a layer's time follows the bits it holds there
+    # (the microbenchmarked Q4_K_M layer of this model is 6.17 bits/weight, not 4.89).
+    micro = _micro({"Q8_0": 8.5, "Q4_0": 4.6, "Q4_K_M": 6.17})
+    nominal = rank_quant_types(types, micro, 10e9)[0]
+    assert nominal[0] == "Q2_K", nominal  # 3.35 nominal bits: the cheapest on paper
+    micro["weight_bits"] = {
+        "Q2_K": {"bits_per_weight": 5.14, "fallback_share": 0.80},
+        "Q4_0": {"bits_per_weight": 4.6, "fallback_share": 0.0},
+        "Q4_K_M": {"bits_per_weight": 6.17, "fallback_share": 0.80},
+        "Q8_0": {"bits_per_weight": 8.5, "fallback_share": 0.0},
+    }
+    ranked = rank_quant_types(types, micro, 10e9)[0]
+    assert ranked.index("Q4_0") < ranked.index("Q2_K"), ranked
+    brief = make_brief({"physical_cores": 2, "logical_cores": 2}, micro, types)
+    assert "Q2_K 5.14 (nominal 3.35)" in brief["text"], brief["text"]
+    assert brief["bits_per_weight"]["Q2_K"] == 5.14
+    assert "Q4_0" not in brief["text"].split("effective bits per weight:")[1].split("\n")[0]
+
+
 def _ctx(history: list[TrialView], stage: str = "deploy", **kw: Any) -> DecisionContext:
     space = deploy_space(2) if stage == "deploy" else finetune_space()
     brief = make_brief(

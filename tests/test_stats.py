@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from haqa.stats import compare_paired, questions_to_resolve, wilson_interval
+from haqa.stats import (
+    compare_paired,
+    paired_resolution,
+    questions_to_resolve,
+    resolution_statement,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_the_textbook_values() -> None:
@@ -44,3 +50,17 @@ def test_questions_needed_grow_as_the_tolerance_shrinks() -> None:
     assert n1 > n2 > n5 > 0
     cmp = compare_paired("1" * n2, "1" * (n2 - n2 // 10) + "0" * (n2 // 10))
     assert cmp.resolution <= 0.02 + 1e-9
+
+
+def test_a_goal_finer_than_the_questions_resolve_is_said_plainly() -> None:
+    """A 1-point goal on 261 paired questions is below their ±4 points of noise: the statement
+    names both figures and how many questions would resolve it; a 5-point goal is resolved."""
+    note = resolution_statement(261, 0.01)
+    assert note is not None
+    assert "1 points" in note and "261 paired questions" in note
+    assert f"±{paired_resolution(261) * 100:.1f}" in note
+    assert str(questions_to_resolve(0.01)) in note
+    assert resolution_statement(261, 0.05) is None
+    # The statement's width is compare_paired's at the same share of disagreeing answers.
+    ref, cand = "1" * 13 + "0" * 13 + "1" * 235, "0" * 13 + "1" * 13 + "1" * 235
+    assert abs(compare_paired(ref, cand).resolution - paired_resolution(261, 26 / 261)) < 1e-9

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+from support.qlora_child import qlora_in_child
 
 import haqa.zoo.smollm2
 from haqa import zoo
@@ -337,3 +341,93 @@ def test_the_memory_gate_errs_on_the_safe_side_on_the_real_model(smol: Files) ->
         measured = measure_deploy_peak_rss(gguf, config).peak_rss_bytes
         ratio = estimate.total_bytes / measured
         assert 1.0 <= ratio <= 1.15, (flash, estimate.summary(), measured / 2**20, ratio)
+
+
+@pytest.mark.slow
+def test_predicted_bits_match_the_quantized_headers(smol: Files) -> None:
+    """The brief ranks types by the bits they will have on this model before any file exists:
+    the per-tensor prediction matches what llama.cpp wrote, fallbacks included (hidden 576 is
+    not a multiple of 256, so most of a K-quant's matrices fall back)."""
+    from haqa.tools.estimate_memory import predict_bits, read_shape
+    from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
+    from haqa.tools.gguf_header import weight_mix
+
+    shape = read_shape(smol.f16_gguf)
+    for quant in ("Q8_0", "Q4_K_M", "IQ4_NL", "Q2_K"):
+        gguf = quantize_gguf(QuantizeArgs(gguf=smol.f16_gguf, quant_type=quant)).gguf_path
+        mix = weight_mix(gguf)
+        predicted = predict_bits(shape, quant)
+        assert abs(predicted.bits_per_weight / mix.bits_per_weight - 1) < 0.02, (quant, mix)
+        assert abs(predicted.fallback_share - mix.fallback_share) < 0.02, (quant, mix)
+    assert predict_bits(shape, "Q2_K").fallback_share > 0.5  # the fact the brief names
+
+
+@pytest.mark.slow
+def test_a_short_qlora_fine_tune_of_the_real_model_learns_within_its_memory_estimate(
+    smol: Files, tmp_path: Path
+) -> None:
+    """bitsandbytes 4-bit base + LoRA on SmolLM2 at the pretrained recipe's learning rate, in a
+    child process: the loss on the answer tokens falls, the adapter is saved, and the memory
+    gate's estimate (batches padded to the longest example, not max_seq_len) is within 15% of
+    the measured peak RSS."""
+    from haqa.schemas import FinetuneConfig
+    from haqa.tools.estimate_memory import FinetuneMemoryArgs, estimate_finetune_memory
+    from haqa.tools.run_qlora import longest_example_tokens
+
+    train = zoo.task_files(NAME, "train")
+    config = FinetuneConfig(max_steps=12, batch_size=8, max_seq_len=128, learning_rate=2e-4)
+    ran = qlora_in_child(smol.hf, train, tmp_path / "adapter", config)
+    losses = ran["losses"]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    longest = longest_example_tokens(smol.hf, train, config.max_seq_len)
+    assert longest < config.max_seq_len  # short questions: the padding bound matters here
+    estimate = estimate_finetune_memory(
+        FinetuneMemoryArgs(model=smol.hf, config=config, example_tokens=longest)
+    )
+    ratio = estimate.total_bytes / ran["peak"]
+    assert 0.85 <= ratio <= 1.15, (estimate.summary(), ran["peak"] / 2**20, ratio)
+
+
+def _run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haqa", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_haqa_run_tunes_a_gguf_it_is_handed(smol: Files, tmp_path: Path) -> None:
+    """`haqa run --model FILE.gguf`: deployment tuning only, the shipped Q4_1 file requantized
+    (said in the trace and the report), on the bundled tasks and prose, the answer printed with
+    its effective bits and perplexity beside the reference's; bad files exit 2 with one line."""
+    env = {**os.environ, "HAQA_HOME": os.environ["HAQA_HOME"]}
+    small = ["--deploy-trials", "1", "--eval-limit", "3", "--n-prompt", "32", "--n-gen", "8"]
+    small += ["--repetitions", "1", "--perplexity-windows", "2", "--max-accuracy-drop", "100"]
+    db = str(tmp_path / "h.duckdb")
+    done = _run_cli(
+        "run", "--model", str(smol.shipped_gguf), *small, "--db", db, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "a Q4_1 GGUF: deployment tuning only; every type is requantized" in out, out
+    assert "effective bits per weight:" in out, out
+    assert re.search(r"perplexity: [\d.]+ \(reference [\d.]+", out), out
+    assert '"lora_r"' not in out  # no fine-tune was proposed
+    report = next((tmp_path / "haqa-reports").glob("*/report.md")).read_text()
+    assert "requantized" in report and "bits/weight" in report, report
+
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model\n")
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(smol.shipped_gguf.read_bytes()[: 1 << 20])
+    for bad in (not_gguf, truncated):
+        failed = _run_cli("run", "--model", str(bad), "--db", db, env=env, cwd=tmp_path)
+        assert failed.returncode == 2, (bad, failed.stdout, failed.stderr)
+        assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+        assert str(bad.name) in failed.stderr, failed.stderr

@@ -104,6 +104,12 @@ class DeployMemoryArgs(BaseModel):
 class FinetuneMemoryArgs(BaseModel):
     model: Path = Field(description="a Hugging Face model folder")
     config: FinetuneConfig
+    example_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="tokens of the longest training example (batches are padded to their "
+        "longest, so shorter data never reach max_seq_len); None: max_seq_len",
+    )
 
 
 # --------------------------------------------------------------------------------- shapes
@@ -315,6 +321,39 @@ def weights_bytes(shape: ModelShape, quant_type: str) -> tuple[int, str]:
     return total, f"predicted for {quant_type} from the tensor shapes ({mix} tensors)"
 
 
+class PredictedBits(BaseModel):
+    """A file type's effective bits per weight on one model, predicted from its tensor shapes
+    (the same per-tensor rule as ``weights_bytes``), before any file of that type exists."""
+
+    quant_type: str
+    bits_per_weight: float = Field(description="8 x predicted tensor bytes / parameters")
+    fallback_share: float = Field(
+        description="share of the matrix weights whose rows do not fit the base type's blocks"
+    )
+
+
+def predict_bits(shape: ModelShape, quant_type: str) -> PredictedBits:
+    """What ``quant_type`` becomes on this model. A hidden size that is not a multiple of 256
+    (SmolLM2's 576) sends a K-quant's matrices to a 32-block type, so its file is far bigger
+    than the type's name says: the brief ranks types by these bits, not the nominal ones."""
+    base = FTYPE_BASE[quant_type]
+    n_bytes = params = matrix = fell = 0
+    for t in shape.tensors:
+        ggml_type = predict_tensor_type(t, quant_type, shape)
+        n = t.ne0 * t.rows
+        params += n
+        n_bytes += tensor_bytes(t.ne0, t.rows, ggml_type)
+        if ggml_type != "F32" and t.rows > 1:
+            matrix += n
+            if BLOCK[base][0] > 1 and t.ne0 % BLOCK[base][0] != 0:
+                fell += n
+    return PredictedBits(
+        quant_type=quant_type,
+        bits_per_weight=8.0 * n_bytes / max(1, params),
+        fallback_share=fell / max(1, matrix),
+    )
+
+
 # ------------------------------------------------------------------------------ deploy
 
 
@@ -436,13 +475,14 @@ def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
     lora_params *= shape.n_layer
     # fp32 parameters + gradients + AdamW exp_avg + exp_avg_sq.
     lora_state = lora_params * 4 * 4
-    tokens = cfg.batch_size * cfg.max_seq_len
+    seq = min(cfg.max_seq_len, args.example_tokens or cfg.max_seq_len)
+    tokens = cfg.batch_size * seq
     # Saved activations per token per layer, fitted to measured QLoRA steps of the tiny model at
     # full sequence length (eager attention, fp32 compute): ~(24 x hidden + 7 x ff) values (the
     # residual stream, norms, q/k/v/o, the FFN's gate/up/act, LoRA inputs, and their gradients
     # in flight), plus the attention scores and probabilities (~3.3 x heads x seq fp32).
     per_layer = tokens * (24 * h + 7 * ff) * act_bytes
-    per_layer += int(tokens * shape.n_head * cfg.max_seq_len * 4 * 3.3)
+    per_layer += int(tokens * shape.n_head * seq * 4 * 3.3)
     logits = tokens * shape.n_vocab * 4 * 3
     activations = shape.n_layer * per_layer + logits
     total = int(base_q + embed + lora_state + activations + FINETUNE_OVERHEAD_BYTES)
@@ -457,7 +497,7 @@ def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
             f"({'double-quant ' if cfg.double_quant and cfg.quant != 'int8' else ''}scales "
             f"{scales / _MIB:.1f} MiB) + embeddings {embed / _MIB:.0f} MiB fp32",
             f"LoRA: {lora_params / 1e6:.2f}M params x (weight + grad + 2 AdamW moments) fp32",
-            f"activations: {cfg.batch_size} x {cfg.max_seq_len} tokens x {shape.n_layer} layers "
+            f"activations: {cfg.batch_size} x {seq} tokens x {shape.n_layer} layers "
             f"({act_bytes}-byte {cfg.compute_dtype}) + attention probs + 3 x logits fp32",
             f"overhead: torch/transformers/peft/bitsandbytes, {FINETUNE_OVERHEAD_BYTES / _MIB:.0f} "
             "MiB calibrated",

@@ -135,6 +135,21 @@ def load_model(path: Path, rt: LlamaSettings, *, extra_bufts: bool | None = None
     return model
 
 
+def check_loadable(path: Path) -> None:
+    """Whether llama.cpp runs this GGUF's architecture and reads its vocabulary (the weights are
+    not loaded): a model it cannot run is a HaqaError before a run stores anything."""
+    lib = llama()
+    mparams = lib.llama_model_default_params()
+    mparams.vocab_only = True
+    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        raise HaqaError(
+            f"llama.cpp cannot load {path} (an architecture or tokenizer it does not know?): "
+            "pass a GGUF of a model llama.cpp runs"
+        )
+    lib.llama_model_free(model)
+
+
 def new_context(model: Any, rt: LlamaSettings, kv: KvSettings | None = None) -> Any:
     """A context with the settings' size, batches, threads, K/V cache types and flash attention.
     ``kv`` (a scorer's) overrides the cache types and flash attention; its flash_attn None leaves

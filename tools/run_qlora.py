@@ -101,6 +101,16 @@ def format_example(
     return ids, labels
 
 
+def longest_example_tokens(model: Path, task_files: Sequence[Path], max_seq_len: int) -> int:
+    """Tokens of the longest training example as ``format_example`` builds it: batches are padded
+    to their longest row, so this (not max_seq_len) bounds a step's activations."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    examples = load_examples(task_files)
+    return max(len(format_example(tokenizer, ex, max_seq_len)[0]) for ex in examples)
+
+
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch of ``input_ids``, ``attention_mask`` and shifted-later ``labels``."""
     import torch

@@ -7,6 +7,10 @@ GGUF of the target's shapes, per type); a type the microbenchmarks did not cover
 at the measured memory bandwidth. Prompt processing is compute-bound and ranked by the measured
 GEMM time instead. On a machine without fast 4-bit kernels this ranks Q8_0 above Q4 types —
 the counter-intuitive choice the paper reports — because it was measured, not assumed.
+
+Bits are the model's own where the toolbox predicted them from its tensor shapes (``weight_bits``
+in the microbenchmark result): a K-quant whose rows do not fit its 256-blocks falls back to a
+32-block type, so on such a model Q2_K weighs about what Q4_0 does, and the brief says so.
 """
 
 from __future__ import annotations
@@ -33,7 +37,18 @@ def _best_time(rows: list[dict[str, Any]], dtype: str, gemv: bool) -> float | No
     return min(times) if times else None
 
 
-def _measured_rate(rows: list[dict[str, Any]], quant: str, gemv: bool) -> float | None:
+def effective_bits(micro: dict[str, Any]) -> dict[str, float]:
+    """Bits per weight of every file type: the model's own where predicted, else nominal."""
+    predicted = micro.get("weight_bits") or {}
+    return {
+        q: float((predicted.get(q) or {}).get("bits_per_weight") or nominal)
+        for q, nominal in BITS_PER_WEIGHT.items()
+    }
+
+
+def _measured_rate(
+    rows: list[dict[str, Any]], quant: str, gemv: bool, bits: dict[str, float]
+) -> float | None:
     """Bits of weights consumed per second by the type's kernel, measured on this machine, or
     by its kernel family's measured kernel when the type itself was not timed."""
     for name in (quant, KERNEL_FAMILY.get(quant)):
@@ -41,7 +56,7 @@ def _measured_rate(rows: list[dict[str, Any]], quant: str, gemv: bool) -> float 
             continue
         t = _best_time(rows, name, gemv)
         if t:
-            return BITS_PER_WEIGHT.get(name, 16.0) / t
+            return bits.get(name, 16.0) / t
     return None
 
 
@@ -51,22 +66,41 @@ def rank_quant_types(
     """Types ordered by predicted decode speed and by predicted prefill speed (fastest first),
     and the predicted decode-time factor of each (relative; lower is faster)."""
     rows = _llama_rows(micro)
+    bits = effective_bits(micro)
     bandwidth_bits = (bandwidth_bytes_per_s or 0.0) * 8
     decode_cost: dict[str, float] = {}
     for q in quant_types:
-        bits = BITS_PER_WEIGHT.get(q, 16.0)
-        rate = _measured_rate(rows, q, gemv=True)
+        b = bits.get(q, 16.0)
+        rate = _measured_rate(rows, q, True, bits)
         # No measurement at all: decode streams the weights at the measured memory bandwidth.
-        decode_cost[q] = bits / rate if rate else bits / bandwidth_bits if bandwidth_bits else bits
-    decode_rank = sorted(quant_types, key=lambda q: (decode_cost[q], -BITS_PER_WEIGHT.get(q, 16)))
+        decode_cost[q] = b / rate if rate else b / bandwidth_bits if bandwidth_bits else b
+    decode_rank = sorted(quant_types, key=lambda q: (decode_cost[q], -bits.get(q, 16)))
     prefill_cost: dict[str, float] = {}
     for q in quant_types:
-        rate = _measured_rate(rows, q, gemv=False)
-        prefill_cost[q] = BITS_PER_WEIGHT.get(q, 16.0) / rate if rate else float("inf")
+        rate = _measured_rate(rows, q, False, bits)
+        prefill_cost[q] = bits.get(q, 16.0) / rate if rate else float("inf")
     prefill_rank = sorted(
-        quant_types, key=lambda q: (prefill_cost[q], decode_cost[q], -BITS_PER_WEIGHT.get(q, 16))
+        quant_types, key=lambda q: (prefill_cost[q], decode_cost[q], -bits.get(q, 16))
     )
     return decode_rank, prefill_rank, decode_cost
+
+
+def fallback_notes(micro: dict[str, Any], quant_types: list[str]) -> list[str]:
+    """One line naming the types that fall back on this model, with their effective bits."""
+    predicted = micro.get("weight_bits") or {}
+    fell = [
+        f"{q} {float(p['bits_per_weight']):.2f} (nominal {BITS_PER_WEIGHT.get(q, 16.0):.2f})"
+        for q in quant_types
+        if (p := predicted.get(q)) and float(p.get("fallback_share") or 0.0) >= 0.05
+    ]
+    if not fell:
+        return []
+    share = max(float((predicted.get(q) or {}).get("fallback_share") or 0) for q in quant_types)
+    return [
+        f"on this model {share:.0%} of the matrix weights have rows that do not fit the "
+        "K-quants' 256-blocks, so these types fall back to 32-block types; effective bits per "
+        "weight: " + ", ".join(fell)
+    ]
 
 
 def make_brief(
@@ -88,7 +122,7 @@ def make_brief(
         facts.append(f"measured memory read bandwidth (all cores): {bandwidth / 1e9:.1f} GB/s")
     for gpu in profile.get("gpus") or []:
         facts.append(f"GPU: {gpu.get('name')} (compute capability {gpu.get('compute_capability')})")
-    implications = list(micro.get("implications") or [])
+    implications = list(micro.get("implications") or []) + fallback_notes(micro, quant_types)
     fastest = decode_rank[0] if decode_rank else None
     if fastest:
         implications.append(
@@ -102,6 +136,7 @@ def make_brief(
         "quant_decode_rank": decode_rank,
         "quant_prefill_rank": prefill_rank,
         "decode_cost": cost,
+        "bits_per_weight": {q: round(b, 3) for q, b in effective_bits(micro).items()},
         "physical_cores": profile.get("physical_cores"),
         "logical_cores": profile.get("logical_cores"),
         "bandwidth_bytes_per_s": bandwidth,

@@ -11,7 +11,8 @@ from haqa.agents.common import run_trial
 from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
-from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
+from haqa.schemas import DeployConfig, RuntimeSettings
+from haqa.stats import compare_paired, resolution_statement
 from haqa.store import TrialRecord
 
 #: The quant types llama.cpp users deploy without tuning: the speedup is reported against both.
@@ -28,6 +29,9 @@ class Baseline(BaseModel):
 class RunResult(BaseModel):
     run_id: str
     goal: str
+    model_summary: str | None = Field(
+        None, description="what the run tuned (a GGUF's requantization is said here)"
+    )
     found: bool
     error: str | None = None
     best_trial_id: int | None = None
@@ -46,6 +50,22 @@ class RunResult(BaseModel):
     search_decode_tps: float | None = Field(None, description="its figure during the search")
     final_trial_ids: list[int] = Field(default_factory=list)
     peak_mem_bytes: int | None = None
+    bits_per_weight: float | None = Field(
+        None, description="effective bits per weight of the answer's GGUF, from its header"
+    )
+    fallback_share: float | None = Field(
+        None, description="share of its matrix weights that fell back to another type"
+    )
+    perplexity: float | None = Field(None, description="the answer's perplexity, held-out prose")
+    reference_perplexity: float | None = Field(
+        None, description="the reference's perplexity over the same prose"
+    )
+    accuracy_vs_reference: str | None = Field(
+        None, description="the answer's paired comparison with the reference (validation)"
+    )
+    accuracy_resolution: str | None = Field(
+        None, description="set when the goal's tolerance is finer than the questions resolve"
+    )
     roofline_efficiency: float | None = None
     objective: float | None = None
     baselines: list[Baseline] = Field(default_factory=list)
@@ -157,6 +177,7 @@ def _shell(rt: RunRuntime, ft: dict[str, Any], reference: float | None) -> RunRe
     return RunResult(
         run_id=rt.run_id,
         goal=rt.goal.describe(),
+        model_summary=rt.model_summary,
         found=False,
         adapter_path=ft.get("adapter"),
         base_accuracy=base.metrics.accuracy if base else None,
@@ -315,9 +336,39 @@ def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entr
                 rsd=trial.metrics.decode_rsd or 0.0,
                 meets_goal=accuracy is not None and rt.goal.feasible(metrics, reference),
                 trial_ids=[trial.trial_id],
+                default=True,
             )
         )
     return out
+
+
+def _paired(rt: RunRuntime, cfg: DeployConfig, config: dict[str, Any]) -> dict[str, str | None]:
+    """The answer's validation answers against the reference's, question by question, and the
+    plain statement when the goal's tolerance is finer than those questions resolve."""
+    trials = rt.trials("deploy")
+    ref = next((t.metrics.correct for t in trials if t.role == "reference"), None)
+    cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
+    mine = (
+        ref
+        if cfg.quant_type == "F16" and cache == ("f16", "f16")
+        else next(
+            (
+                t.metrics.correct
+                for t in trials
+                if t.is_search
+                and t.metrics.correct
+                and t.config.get("quant_type") == cfg.quant_type
+                and (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) == cache
+            ),
+            None,
+        )
+    )
+    if not ref or not mine or len(ref) != len(mine):
+        return {}
+    return {
+        "accuracy_vs_reference": compare_paired(ref, mine).summary(),
+        "accuracy_resolution": resolution_statement(len(ref), rt.goal.max_accuracy_drop),
+    }
 
 
 def _answer(
@@ -353,7 +404,7 @@ def _answer(
             "type_v": cfg.type_v,
             "adapter": adapter,
         },
-        work=lambda: TrialMetrics(accuracy=rt.toolbox.final_test(cfg, adapter)),
+        work=lambda: rt.toolbox.final_test(cfg, adapter),
     )
     gguf = winning_trial.metrics.gguf or m.gguf or f"model-{cfg.quant_type}.gguf"
     server, cli = commands(gguf, cfg)
@@ -376,6 +427,11 @@ def _answer(
             "search_decode_tps": winning_trial.metrics.decode_tps,
             "final_trial_ids": won.trial_ids,
             "peak_mem_bytes": winning_trial.metrics.peak_mem_bytes,
+            "bits_per_weight": winning_trial.metrics.bits_per_weight,
+            "fallback_share": winning_trial.metrics.fallback_share,
+            "perplexity": test_trial.metrics.perplexity,
+            "reference_perplexity": test_trial.metrics.reference_perplexity,
+            **_paired(rt, cfg, won.config),
             "roofline_efficiency": winning_trial.metrics.roofline_efficiency,
             "objective": search_objective if chosen else won.objective,
             "baselines": baselines,

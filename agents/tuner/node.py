@@ -19,7 +19,9 @@ from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.tuner.anchor import measurement_step
 from haqa.graph.routing import measured_stop, stage_stop_reason
-from haqa.schemas import DeployConfig
+from haqa.schemas import DeployConfig, TrialMetrics
+from haqa.stats import compare_paired, resolution_statement
+from haqa.store import TrialRecord
 from haqa.units import format_bytes
 
 AGENT = "tuner"
@@ -42,11 +44,35 @@ def hardware_defaults(brief: dict[str, Any], logical_cores: int) -> dict[str, An
     }
 
 
+def _reference_trial(rt: RunRuntime) -> TrialRecord | None:
+    return next((t for t in rt.trials(STAGE) if t.role == "reference"), None)
+
+
+def deployed_summary(config: DeployConfig, m: TrialMetrics, reference: TrialMetrics | None) -> str:
+    """A deploy trial in a line: the type's effective bits (from its header, a fallback named as
+    such), accuracy, its paired comparison with the reference on the same questions, speed."""
+    bits = (
+        f", {m.bits_per_weight:.2f} bits/weight"
+        + (f", {m.fallback_share:.0%} fell back" if m.fallback_share else "")
+        if m.bits_per_weight
+        else ""
+    )
+    paired = ""
+    ref = reference.correct if reference is not None else None
+    if ref and m.correct and len(ref) == len(m.correct):
+        paired = f" [vs reference: {compare_paired(ref, m.correct).summary()}]"
+    return (
+        f" ({config.quant_type}{bits}): accuracy {m.accuracy or 0:.3f}{paired}, pp "
+        f"{m.prefill_tps or 0:.1f} tok/s, tg {m.decode_tps or 0:.1f} tok/s, peak "
+        f"{format_bytes(m.peak_mem_bytes)}"
+    )
+
+
 def reference_accuracy(rt: RunRuntime, adapter: str | None) -> float | None:
     """Accuracy of the fine-tuned model as F16 GGUF: what deployed types are compared with."""
-    for t in rt.trials(STAGE):
-        if t.role == "reference":
-            return t.metrics.accuracy
+    known = _reference_trial(rt)
+    if known is not None:
+        return known.metrics.accuracy
     trial = run_trial(
         rt,
         agent=AGENT,
@@ -56,11 +82,15 @@ def reference_accuracy(rt: RunRuntime, adapter: str | None) -> float | None:
         work=lambda: rt.toolbox.reference(adapter),
     )
     acc = trial.metrics.accuracy
+    n = len(trial.metrics.correct or "")
+    coarse = resolution_statement(n, rt.goal.max_accuracy_drop) if n else None
     rt.say(
         AGENT,
         ROLE_OBSERVATION,
-        f"reference accuracy (fine-tuned model, F16 GGUF): {acc:.3f}; a deployment is feasible "
-        f"at >= {acc - rt.goal.max_accuracy_drop:.3f}"
+        f"reference accuracy ({'fine-tuned' if adapter else 'base'} model, F16 GGUF): {acc:.3f}"
+        + (f" on {n} validation questions" if n else "")
+        + f"; a deployment is feasible at >= {acc - rt.goal.max_accuracy_drop:.3f}"
+        + (f". Note: {coarse}" if coarse else "")
         if acc is not None
         else f"reference evaluation failed: {trial.error}",
     )
@@ -162,12 +192,7 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         config=proposal.config,
         work=lambda: rt.toolbox.deploy(config, adapter),
     )
-    m = trial.metrics
-    report_trial(
-        rt,
-        AGENT,
-        trial,
-        f" ({config.quant_type}): accuracy {m.accuracy or 0:.3f}, pp {m.prefill_tps or 0:.1f} "
-        f"tok/s, tg {m.decode_tps or 0:.1f} tok/s, peak {format_bytes(m.peak_mem_bytes)}",
-    )
+    ref = _reference_trial(rt)
+    summary = deployed_summary(config, trial.metrics, ref.metrics if ref else None)
+    report_trial(rt, AGENT, trial, summary)
     return {}

