@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.haqa-installed
-SRC := haqa tools agents graph tui tests bench scripts
+SRC := haqa tools trials agents graph harness tui tests bench scripts
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv demo test lint format typecheck clean

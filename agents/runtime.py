@@ -15,12 +15,12 @@ from typing import Any
 
 from haqa.agents.brains.base import Brain, TrialView
 from haqa.agents.brains.expert import ExpertBrain
-from haqa.agents.toolbox import Toolbox
+from haqa.agents.routing import Budgets
 from haqa.goal import Goal
-from haqa.graph.routing import Budgets
 from haqa.schemas import MeasurementPolicy
 from haqa.space import SearchSpace
 from haqa.store import MessageRecord, Store, TrialRecord, TrialResult, search_trials
+from haqa.trials.toolbox import Toolbox
 
 #: Roles written to ``messages``.
 ROLE_SYSTEM = "system"  # an agent's static prompt

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from _common import reproduce_line
 
-from haqa.agents.toolbox import LiveToolbox
 from haqa.schemas import DeployConfig, TrialMetrics
+from haqa.trials.toolbox import LiveToolbox
 
 FAULTS = ("segfault", "oom", "hang")
 
@@ -52,11 +52,12 @@ class FaultyToolbox(LiveToolbox):
 
 def child(db: str, resume: str | None) -> int:
     """One process of the run (started, or resumed), with the faulty toolbox isolated per trial."""
-    from haqa.agents.isolation import IsolatedToolbox
-    from haqa.graph.routing import Budgets
-    from haqa.graph.run import RunConfig, prepare, resume_run, start_run
+    from haqa.agents.routing import Budgets
+    from haqa.graph.config import RunConfig
+    from haqa.graph.run import prepare, resume_run, start_run
     from haqa.schemas import FinetuneConfig
     from haqa.store import Store
+    from haqa.trials.isolation import IsolatedToolbox
 
     store = Store(db)
     cfg = RunConfig(

@@ -6,7 +6,7 @@ including its child process's start-up) plus the analyst's two tool calls (probe
 microbench_kernels), timed from the trace: a tool call's message to its result's. Both ratios
 are printed, with and without counting the analyst's calls as tool time.
 
-    python bench/overhead.py            # the demo's run (zoo:tiny, speed on zoo:bench-200m)
+    python bench/overhead.py            # the demo's run (zoo:smollm2-135m)
     python bench/overhead.py --quick    # a smaller run on zoo:tiny alone
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from _common import reproduce_line
 
-from haqa.graph.routing import Budgets
-from haqa.graph.run import RunConfig, demo_config, start_run
+from haqa.agents.routing import Budgets
+from haqa.graph.config import RunConfig, demo_config
+from haqa.graph.run import start_run
 from haqa.schemas import FinetuneConfig
 from haqa.store import MessageRecord, Store
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from _common import reproduce_line
 
-from haqa.agents.compare import REACH, compare_brains, grid_truth
-from haqa.agents.grid import TabularToolbox
 from haqa.goal import Goal
+from haqa.harness.compare import REACH, compare_brains, grid_truth
+from haqa.harness.grid import TabularToolbox
 from haqa.store import Store, config_key
 
 

@@ -48,8 +48,9 @@ def main() -> int:
     parser.add_argument("--db", default="haqa.duckdb")
     parser.add_argument("--grid-db", help="store holding the grid (default: --db)")
     args = parser.parse_args()
-    from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
-    from haqa.graph.run import RunConfig, prepare
+    from haqa.graph.config import RunConfig
+    from haqa.graph.run import prepare
+    from haqa.trials.toolbox import LiveToolbox, ToolboxSettings
 
     store = Store(Path(args.db), create=False)
     run = store.get_run(args.run)
@@ -72,8 +73,8 @@ def main() -> int:
     }
     grid_best: dict[str, object] | None = None
     if args.grid:
-        from haqa.agents.compare import grid_truth
-        from haqa.agents.grid import TabularToolbox, full_config
+        from haqa.harness.compare import grid_truth
+        from haqa.harness.grid import TabularToolbox, full_config
         from haqa.store import iter_grid_configs
 
         grid_store = Store(Path(args.grid_db), create=False) if args.grid_db else store

@@ -12,156 +12,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-
-from haqa.agents.brains import ALL_BRAINS, make_brain
+from haqa.agents.brains import make_brain
 from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
 from haqa.agents.supervisor.result import RunResult
-from haqa.agents.toolbox import LiveToolbox, Toolbox, ToolboxSettings
 from haqa.errors import HaqaError
 from haqa.goal import Goal
 from haqa.graph.build import build_graph
-from haqa.graph.routing import Budgets
+from haqa.graph.config import RunConfig
 from haqa.modelref import resolve_model
-from haqa.schemas import FinetuneConfig, MeasurementPolicy, Strict
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
-from haqa.trial_registry import reap_strays, registry_dir
-
-BRAINS = ALL_BRAINS
-
-
-def _gguf_deploys_only(data: dict[str, Any]) -> dict[str, Any]:
-    """A GGUF model has no fine-tuning stage: unless the budgets say otherwise (an error later,
-    naming the flag), its run starts at the deployment."""
-    if not str(data.get("model", "")).lower().endswith(".gguf"):
-        return data
-    budgets = data.get("budgets")
-    if isinstance(budgets, Budgets):
-        if "finetune_trials" in budgets.model_fields_set:
-            return data
-        budgets = budgets.model_copy(update={"finetune_trials": 0})
-    elif isinstance(budgets, dict):
-        budgets = {"finetune_trials": 0, **budgets}
-    elif budgets is None:
-        budgets = {"finetune_trials": 0}
-    return {**data, "budgets": budgets}
-
-
-class RunConfig(Strict):
-    """Everything that defines a run (stored with it, so resume and --rerun need nothing else)."""
-
-    model: str = Field(
-        "zoo:tiny",
-        description="zoo:NAME, a Hugging Face model folder, or a GGUF file (deployment only)",
-    )
-    speed_model: str | None = Field(
-        None,
-        description="benchmark speed on this other model (a GGUF or HF folder); default: the "
-        "model itself, so accuracy and speed are measured on the same GGUF",
-    )
-    goal: str = Field("decode", description="decode, prefill or workload:PROMPT+GEN")
-    max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="points below the reference")
-    memory_budget: str | None = Field(None, description="peak memory allowed, e.g. 4GiB")
-    brain: str = Field(
-        "expert", description="expert, openai, llamacpp, replay, or random/tpe/gp/nsga2/cmaes/local"
-    )
-    budgets: Budgets = Field(default_factory=Budgets)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    train: list[str] | None = Field(None, description="train JSONL files (default: the zoo's)")
-    validation: list[str] | None = Field(None, description="validation JSONL files")
-    test: list[str] | None = Field(None, description="test JSONL files")
-    eval_limit: int | None = Field(100, ge=1, description="examples per task file and split")
-    eval_text: str | None = Field(
-        None,
-        description="held-out prose (a text file) for the answer's perplexity beside the "
-        "reference's; default: the bundled English prose (CPython's documentation)",
-    )
-    perplexity_windows: int = Field(
-        16, ge=0, le=10_000, description="512-token windows of it scored (0: no perplexity)"
-    )
-    n_prompt: int = Field(256, ge=1, le=65536, description="benchmark prompt tokens (pp)")
-    n_gen: int = Field(64, ge=1, le=65536, description="benchmark generated tokens (tg)")
-    repetitions: int = Field(3, ge=1, le=100, description="benchmark repetitions")
-    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
-    llm_model: str | None = Field(None, description="model name at that endpoint")
-    llm_gguf: str | None = Field(None, description="local GGUF instruct model (llamacpp brain)")
-    replay_run: str | None = Field(None, description="run whose decisions the replay brain serves")
-    seed: int = Field(0, ge=0)
-    trial_timeout_s: float = Field(3600.0, gt=0, description="a trial running longer fails")
-    trial_memory_limit: str | None = Field(
-        None, description="a trial using more memory fails (default: 90% of RAM)"
-    )
-    isolate_trials: bool = Field(True, description="run each trial in a child process")
-    tabular: str | None = Field(
-        None, description="answer deploy trials from this recorded grid (haqa grid record)"
-    )
-    quick_analysis: bool = Field(
-        False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
-    )
-    measurement: MeasurementPolicy = Field(
-        default_factory=MeasurementPolicy,
-        description="benchmark repeats until steady; anchor re-measurement and drift",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_recipe(cls, data: Any) -> Any:
-        """The model's own fine-tuning recipe (the tiny zoo model's toy learning rate) fills the
-        fine-tune settings nobody set; stored with the run, so a resume reads the same values."""
-        from haqa.zoo import finetune_recipe
-
-        if not isinstance(data, dict):
-            return data
-        data = _gguf_deploys_only(data)
-        recipe = finetune_recipe(str(data.get("model", "zoo:tiny")))
-        finetune = data.get("finetune") or {}
-        if isinstance(finetune, FinetuneConfig):
-            given = {k: getattr(finetune, k) for k in finetune.model_fields_set}
-        elif isinstance(finetune, dict):
-            given = dict(finetune)
-        else:
-            return data
-        if not recipe:
-            return data
-        return {**data, "finetune": {**recipe, **given}}
-
-    @field_validator("brain")
-    @classmethod
-    def _known_brain(cls, value: str) -> str:
-        # Checked with the config, so a typo fails before `haqa run` builds a zoo model.
-        if value not in BRAINS:
-            raise ValueError(f"unknown brain {value!r}: use one of {', '.join(BRAINS)}")
-        return value
-
-    def parsed_goal(self) -> Goal:
-        return Goal.parse(
-            self.goal,
-            max_accuracy_drop_points=self.max_accuracy_drop,
-            memory_budget=self.memory_budget,
-        )
-
-
-DEMO_MODEL = "zoo:smollm2-135m"
-
-
-def demo_config(memory_budget: str | None = "4GiB") -> RunConfig:
-    """The bundled defaults `haqa demo` runs: the real SmolLM2-135M-Instruct fine-tuned once
-    (QLoRA) on the bundled tasks, then its deployment tuned on this machine, accuracy and speed
-    measured on the same GGUF. Sized for about ten minutes on two cores: one fine-tune, five
-    deploy trials, 30 validation questions per task kind (8 kinds: 220 questions), and a
-    wall-clock limit that keeps the demo inside fifteen minutes on a slower machine."""
-    return RunConfig(
-        model=DEMO_MODEL,
-        goal="decode",
-        max_accuracy_drop=2.0,
-        memory_budget=memory_budget,
-        budgets=Budgets(finetune_trials=1, deploy_trials=5, patience=3, wall_clock_s=660),
-        eval_limit=30,
-        n_prompt=128,
-        n_gen=32,
-        repetitions=3,
-    )
+from haqa.trials.registry import reap_strays, registry_dir
+from haqa.trials.toolbox import LiveToolbox, Toolbox, ToolboxSettings
 
 
 def _task_files(
@@ -264,7 +126,7 @@ def default_toolbox(
     left running before it measures anything."""
     if not cfg.isolate_trials:
         return LiveToolbox(settings)
-    from haqa.agents.isolation import IsolatedToolbox
+    from haqa.trials.isolation import IsolatedToolbox
     from haqa.units import parse_bytes
 
     limit = (
@@ -348,7 +210,7 @@ def _setup(
 ) -> tuple[Goal, Toolbox, SearchSpace, str]:
     """Validate the config and build the toolbox and deploy space (live or from a grid)."""
     if cfg.tabular:
-        from haqa.agents.grid import TabularToolbox, grid_search_space
+        from haqa.trials.tabular import TabularToolbox, grid_search_space
 
         goal = cfg.parsed_goal()
         given = toolbox if isinstance(toolbox, TabularToolbox) else None

@@ -35,3 +35,18 @@ def artifacts_dir() -> Path:
 def default_db_path() -> Path:
     """The store: ``haqa.duckdb`` in the working directory (one store per project directory)."""
     return Path.cwd() / DEFAULT_DB_NAME
+
+
+def replace_folder(work: Path, dest: Path) -> None:
+    """Move a finished build folder into place; an old folder is moved aside first, then
+    removed, so ``dest`` is never half-written (a folder that exists is complete)."""
+    import secrets
+    import shutil
+
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{secrets.token_hex(3)}"
+        dest.rename(old)
+    work.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAPPED = {"tools": "tools", "agents": "agents", "graph": "graph", "tui": "tui"}
+MAPPED = {name: name for name in ("tools", "trials", "agents", "graph", "harness", "tui")}
 
 
 def main() -> int:

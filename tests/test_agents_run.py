@@ -19,9 +19,10 @@ import pytest
 from support.llm_stub import serve, text_answer, tool_call
 from support.runs import small_run_config
 
+from haqa.agents.routing import Budgets
 from haqa.agents.supervisor.result import RunResult
-from haqa.graph.routing import Budgets
-from haqa.graph.run import RunConfig, start_run
+from haqa.graph.config import RunConfig
+from haqa.graph.run import start_run
 from haqa.store import Store
 
 pytestmark = pytest.mark.slow
@@ -242,9 +243,9 @@ def test_kill_mid_trial_then_resume_keeps_every_finished_trial(
 def test_memory_gate_on_the_200m_model_never_runs_what_does_not_fit(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from haqa.agents.toolbox import LiveToolbox
     from haqa.graph.run import prepare
     from haqa.schemas import DeployConfig
+    from haqa.trials.toolbox import LiveToolbox
 
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     base = small_run_config(speed_model="zoo:bench-200m", budgets=Budgets(finetune_trials=0))

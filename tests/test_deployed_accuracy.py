@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from haqa import zoo
-from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
 from haqa.schemas import DeployConfig, FinetuneConfig, KvCacheSettings
 from haqa.tools import evaluate as evaluate_module
 from haqa.tools.evaluate import Args as EvalArgs
@@ -28,6 +27,7 @@ from haqa.tools.export_gguf import Args as ExportArgs
 from haqa.tools.export_gguf import export_gguf
 from haqa.tools.run_qlora import Args as QloraArgs
 from haqa.tools.run_qlora import run_qlora
+from haqa.trials.toolbox import LiveToolbox, ToolboxSettings
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from haqa.cli import main
 from haqa.config import build, read_toml
 from haqa.errors import HaqaError
 from haqa.goal import Goal
-from haqa.graph.run import RunConfig
+from haqa.graph.config import RunConfig
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.space import deploy_space
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from haqa.agents.grid import record_grid
-from haqa.agents.toolbox import LiveToolbox
+from haqa.agents.routing import Budgets
 from haqa.cli import main
 from haqa.errors import HaqaError
-from haqa.graph.routing import Budgets
-from haqa.graph.run import RunConfig, prepare, start_run
+from haqa.graph.config import RunConfig
+from haqa.graph.run import prepare, start_run
+from haqa.harness.grid import record_grid
 from haqa.store import Store
+from haqa.trials.toolbox import LiveToolbox
 
 pytestmark = pytest.mark.slow
 

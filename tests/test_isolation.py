@@ -12,10 +12,10 @@ import pytest
 from support.faulty_toolbox import FACTORY as FAULTY_FACTORY
 from support.faulty_toolbox import HANG, OOM, RAISE, SEGFAULT, USER_ERROR
 
-from haqa.agents.isolation import IsolatedToolbox, TrialCrash
-from haqa.agents.toolbox import ToolboxSettings
 from haqa.errors import HaqaError
 from haqa.schemas import FinetuneConfig
+from haqa.trials.isolation import IsolatedToolbox, TrialCrash
+from haqa.trials.toolbox import ToolboxSettings
 
 
 @pytest.fixture()

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 from support.runs import small_run_config
 
-from haqa.agents.toolbox import LiveToolbox, ToolboxSettings
+from haqa.agents.routing import Budgets
 from haqa.agents.tuner.anchor import _affected, anchor_state
-from haqa.graph.routing import Budgets
 from haqa.graph.run import prepare, start_run
 from haqa.report import write_report
 from haqa.schemas import DeployConfig, KvCacheSettings, MeasurementPolicy, TrialMetrics
@@ -28,6 +27,7 @@ from haqa.store import Store, TrialRecord, superseded, utcnow
 from haqa.tools.benchmark_llamacpp import Args, benchmark_llamacpp, needs_more
 from haqa.tools.export_gguf import Args as ExportArgs
 from haqa.tools.export_gguf import export_gguf
+from haqa.trials.toolbox import LiveToolbox, ToolboxSettings
 
 
 def test_a_target_rsd_repeats_until_steady_or_the_cap() -> None:

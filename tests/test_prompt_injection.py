@@ -8,11 +8,11 @@ from typing import Any
 
 from haqa.agents.brains.base import DecisionContext, Proposal
 from haqa.agents.brains.react import AssistantTurn, ToolCall, react_propose
-from haqa.agents.common import decide
+from haqa.agents.routing import Budgets
 from haqa.agents.runtime import RunRuntime
+from haqa.agents.search_step import decide
 from haqa.agents.supervisor.gate import admit
 from haqa.goal import Goal
-from haqa.graph.routing import Budgets
 from haqa.schemas import DeployConfig
 from haqa.space import deploy_space, finetune_space
 from haqa.store import Store

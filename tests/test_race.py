@@ -7,9 +7,9 @@ from pathlib import Path
 
 from support.instant import InstantToolbox, ScriptedBrain, drive, instant_runtime
 
+from haqa.agents.routing import Budgets
 from haqa.agents.supervisor.race import Entrant, spread, winner
 from haqa.agents.supervisor.result import RunResult
-from haqa.graph.routing import Budgets
 from haqa.schemas import DeployConfig, RuntimeSettings, TrialMetrics
 from haqa.store import Store
 

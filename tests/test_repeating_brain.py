@@ -23,16 +23,16 @@ from support.instant import (
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal
 from haqa.agents.brains.react import InvalidAnswer
-from haqa.agents.common import StageOver, decide
-from haqa.agents.runtime import RunControl, RunRuntime
-from haqa.goal import Goal
-from haqa.graph.routing import (
+from haqa.agents.routing import (
     Budgets,
     brain_call_cap,
     counted,
     stage_stop_reason,
     trials_since_improvement,
 )
+from haqa.agents.runtime import RunControl, RunRuntime
+from haqa.agents.search_step import StageOver, decide
+from haqa.goal import Goal
 from haqa.schemas import (
     DeployConfig,
 )

@@ -9,9 +9,9 @@ import pytest
 from haqa.agents.analyst.brief import make_brief, rank_quant_types
 from haqa.agents.brains.base import DecisionContext, TrialView
 from haqa.agents.brains.expert import ExpertBrain
+from haqa.agents.routing import next_route, stage_stop_reason, trials_since_improvement
 from haqa.agents.tuner.node import hardware_defaults
 from haqa.goal import Goal
-from haqa.graph.routing import next_route, stage_stop_reason, trials_since_improvement
 from haqa.quant import BITS_PER_WEIGHT
 from haqa.schemas import DeployConfig
 from haqa.space import deploy_space, finetune_space

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from haqa.procs import CHILD_PRELUDE, PARENT_PID_ENV, child_env
-from haqa.trial_registry import (
+from haqa.trials.registry import (
     TrialProcess,
     process_started,
     reap_strays,
@@ -224,9 +224,9 @@ def test_an_isolated_toolbox_reaps_before_its_trial_and_unregisters_after(
     recorded for that store, and leaves no entry of its own behind."""
     from support.faulty_toolbox import FACTORY as FAULTY_FACTORY
 
-    from haqa.agents.isolation import IsolatedToolbox
-    from haqa.agents.toolbox import ToolboxSettings
     from haqa.schemas import FinetuneConfig
+    from haqa.trials.isolation import IsolatedToolbox
+    from haqa.trials.toolbox import ToolboxSettings
 
     monkeypatch.setenv("HAQA_HOME", str(tmp_path / "home"))
     here = str(Path(__file__).parent)

@@ -33,11 +33,55 @@ from haqa.tools.gguf_header import GgufArray, read_gguf_header
 _MIB = 1024**2
 
 
-# Calibrated on this project's measurements (see module docstring and the test): the resident
-# memory of a Python process with llama-cpp-python loaded and a context created, before weights,
-# KV cache and compute buffers (interpreter, shared libraries, thread pools, graph metadata);
-# 47 MiB since the measuring child loads through tools/llama_session (its logging set-up).
+# The resident memory of a Python process with llama-cpp-python loaded, before weights, KV cache
+# and compute buffers (interpreter, shared libraries, thread pools). It is the machine's, not the
+# model's: measured once per machine (``runtime_overhead_bytes``), since it moved by 6-9 MiB
+# between machines of this project (40 MiB on one, about 47 on another), 15% of a small model's
+# peak. This constant is the fallback where it cannot be measured.
 RUNTIME_OVERHEAD_BYTES = 47 * _MIB
+
+_BASELINE_CHILD = r"""
+from haqa.tools.llama_session import llama
+llama()
+with open("/proc/self/status") as f:
+    print([int(x.split()[1]) * 1024 for x in f if x.startswith("VmHWM")][0])
+"""
+
+
+def runtime_overhead_bytes() -> int:
+    """This machine's llama.cpp process baseline (peak RSS of a child that has loaded and
+    initialised llama.cpp through haqa's own set-up), measured once and cached under
+    ``$HAQA_HOME/machine/`` per Python, llama-cpp-python, CPU count and architecture."""
+    import os
+    import platform
+    from importlib.metadata import version
+
+    from haqa.paths import haqa_home
+
+    key = "-".join(
+        [platform.python_version(), version("llama-cpp-python"), str(os.cpu_count()),
+         platform.machine()]
+    )  # fmt: skip
+    cache = haqa_home() / "machine" / f"llama-process-{key}.json"
+    try:
+        return int(json.loads(cache.read_text())["bytes"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD_PRELUDE + _BASELINE_CHILD],
+            capture_output=True, text=True, timeout=120, env=child_env(), check=True,
+        )  # fmt: skip
+        measured = int(out.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return RUNTIME_OVERHEAD_BYTES
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"bytes": measured}))
+    tmp.replace(cache)
+    return measured
+
+
 # A BPE tokenizer's merges live in llama.cpp's vocabulary as an ordered map of string pairs, with
 # the merged token's text: SmolLM2's 48,900 merges measured 13-14 MiB above the SentencePiece
 # models the overhead was calibrated on (which have none).
@@ -406,15 +450,16 @@ def estimate_deploy_memory(args: DeployMemoryArgs) -> MemoryEstimate:
     kv = kv_cache_size(shape, config)
     compute, c_note = compute_size(shape, config)
     vocab = shape.n_merges * _BYTES_PER_MERGE
-    overhead = RUNTIME_OVERHEAD_BYTES + vocab
+    overhead = runtime_overhead_bytes() + vocab
     notes = [
         f"weights: {w_note}"
         + ("; mmap: file pages, resident once read" if config.use_mmap else "; read into RAM"),
         f"KV cache: {shape.n_layer} layers x {math.ceil(config.n_ctx / 256) * 256} cells x "
         f"{shape.n_head_kv} KV heads x {shape.head_dim} x ({config.type_k} + {config.type_v})",
         f"compute: {c_note}",
-        f"overhead: Python + llama.cpp runtime, calibrated {RUNTIME_OVERHEAD_BYTES / _MIB:.0f} "
-        f"MiB, + {vocab / _MIB:.1f} MiB for {shape.n_merges} BPE merges",
+        f"overhead: Python + llama.cpp process, measured on this machine "
+        f"{(overhead - vocab) / _MIB:.0f} MiB, + {vocab / _MIB:.1f} MiB for {shape.n_merges} "
+        "BPE merges",
         f"x {SAFETY_FACTOR:g}: the calibration's spread, so the gate errs on the safe side",
     ]
     if config.n_gpu_layers > 0:

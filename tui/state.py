@@ -229,7 +229,7 @@ def pareto_front(points: Sequence[tuple[int, float, float]]) -> list[tuple[int, 
 
 def budget_used(run: RunRecord, trials: Sequence[TrialRecord]) -> tuple[int, int | None]:
     """Search trials counted against the budget, and the run's total budget (None if unknown).
-    As in the stop rules (``haqa.graph.routing.COUNTED_STATUSES``), a repeated proposal pruned
+    As in the stop rules (``haqa.agents.routing.COUNTED_STATUSES``), a repeated proposal pruned
     without running counts too."""
     used = sum(
         1 for t in search_trials(trials) if t.status in ("ok", "failed", "rejected", "pruned")

@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from haqa.agents.analyst.brief import make_brief
-from haqa.agents.common import ensure_system_prompt, static_prompt
 from haqa.agents.runtime import ROLE_TOOL_CALL, ROLE_TOOL_RESULT, RunRuntime
+from haqa.agents.search_step import ensure_system_prompt, static_prompt
 
 AGENT = "analyst"
 

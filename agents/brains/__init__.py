@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from haqa.agents.brains.base import Brain, DecisionContext, Proposal
 from haqa.agents.brains.expert import ExpertBrain
 from haqa.errors import HaqaError
 
 if TYPE_CHECKING:
-    from haqa.graph.run import RunConfig
     from haqa.store import Store
 
 #: Optimiser baselines (agents/brains/optuna_brain.py), named here so listing them stays cheap.
@@ -19,7 +18,25 @@ ALL_BRAINS = ("expert", "openai", "llamacpp", "replay", *BRAIN_NAMES)
 __all__ = ["Brain", "DecisionContext", "ExpertBrain", "Proposal", "make_brain"]
 
 
-def make_brain(cfg: RunConfig, store: Store) -> Brain:
+class BrainSettings(Protocol):
+    """What choosing a brain reads of a run's config (the graph's ``RunConfig`` has it): the
+    agents name what they need rather than import the layer above them."""
+
+    @property
+    def brain(self) -> str: ...
+    @property
+    def llm_base_url(self) -> str | None: ...
+    @property
+    def llm_model(self) -> str | None: ...
+    @property
+    def llm_gguf(self) -> str | None: ...
+    @property
+    def replay_run(self) -> str | None: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def make_brain(cfg: BrainSettings, store: Store) -> Brain:
     """The brain a run config names; LLM clients are imported only when asked for."""
     if cfg.brain == "expert":
         return ExpertBrain()

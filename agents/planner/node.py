@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from haqa.agents.common import (
-    StageOver,
-    StepStopped,
-    answer_repeat,
-    ask_brain,
+from haqa.agents.routing import measured_stop, stage_stop_reason
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
+from haqa.agents.search_step import (
+    StepSpec,
     ensure_system_prompt,
-    report_trial,
     run_trial,
+    search_step,
     space_text,
     static_prompt,
 )
-from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
-from haqa.agents.supervisor.gate import admit
-from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import FinetuneConfig
 from haqa.units import format_bytes
 
@@ -92,42 +88,20 @@ def planner_step(rt: RunRuntime) -> dict[str, Any]:
     if stop:
         return finish_stage(rt, stop)
 
-    try:
-        proposal = ask_brain(
-            rt, agent=AGENT, stage=STAGE, static=static, views=views,
-            defaults=dict(rt.finetune_defaults), brief=brief,
-        )  # fmt: skip
-    except StepStopped:  # the supervisor ends the run; the stage stays open for a resume
-        return {}
-    except StageOver as over:  # the wall clock or the proposal cap
-        return finish_stage(rt, str(over))
-    if proposal.action == "finish":
-        return finish_stage(rt, f"{rt.brain.name} chose to finish: {proposal.thought}")
-    config = FinetuneConfig.model_validate(proposal.config)
-
-    # A repeat runs nothing but counts against the budget (see ``answer_repeat``).
-    if answer_repeat(rt, agent=AGENT, stage=STAGE, config=proposal.config):
-        return {}
-    if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
-        return {}
-
-    trial = run_trial(
-        rt,
+    spec = StepSpec(
         agent=AGENT,
         stage=STAGE,
         tool="run_qlora",
-        config=proposal.config,
-        work=lambda: rt.toolbox.finetune(config),
+        defaults=dict(rt.finetune_defaults),
+        parse=FinetuneConfig.model_validate,
+        work=rt.toolbox.finetune,
+        summary=lambda _config, trial: (
+            f": validation accuracy {trial.metrics.accuracy or 0:.3f}, peak memory "
+            f"{format_bytes(trial.metrics.peak_mem_bytes)}"
+        ),
+        finish=lambda reason: finish_stage(rt, reason),
     )
-    m = trial.metrics
-    report_trial(
-        rt,
-        AGENT,
-        trial,
-        f": validation accuracy {m.accuracy or 0:.3f}, peak memory "
-        f"{format_bytes(m.peak_mem_bytes)}",
-    )
-    return {}
+    return search_step(rt, spec, static=static, views=views, brief=brief)
 
 
 def finish_stage(rt: RunRuntime, reason: str) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from haqa.agents.common import find_finished, record_rejection
 from haqa.agents.runtime import RunRuntime
+from haqa.agents.search_step import find_finished, record_rejection
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.units import format_bytes
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from haqa.agents.routing import next_route
 from haqa.agents.runtime import ROLE_SUPERVISOR, RunRuntime
 from haqa.agents.supervisor.result import RunResult, build_result
-from haqa.graph.routing import next_route
 
 
 def supervisor_step(rt: RunRuntime) -> dict[str, Any]:

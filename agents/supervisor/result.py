@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from haqa.agents.common import run_trial
 from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
+from haqa.agents.search_step import run_trial
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
 from haqa.schemas import DeployConfig, RuntimeSettings

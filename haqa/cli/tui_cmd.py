@@ -22,13 +22,13 @@ class LiveBackend:
 
     @property
     def brains(self) -> tuple[str, ...]:
-        from haqa.graph.run import BRAINS
+        from haqa.graph.config import BRAINS
 
         # The replay brain needs a run to replay: the form offers the brains that need no more.
         return tuple(b for b in BRAINS if b != "replay")
 
     def validate(self, fields: dict[str, Any]) -> Any:
-        from haqa.graph.run import RunConfig
+        from haqa.graph.config import RunConfig
 
         cfg = RunConfig.model_validate(fields)
         cfg.parsed_goal()  # a bad goal or memory budget is a HaqaError now, not after starting

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from haqa.paths import replace_folder
 from haqa.zoo import corpus, tasks_gen
 from haqa.zoo.pretrain import TinySpec, build_model, pack, pretrain
 from haqa.zoo.tokenizer import BOS_ID, EOS_ID, encode_docs, train_sentencepiece, write_tokenizer
@@ -87,7 +88,7 @@ def build_tiny(
         model.save_pretrained(str(work), safe_serialization=True)
         tasks_gen.write_tasks(work / TASKS_DIR, spec.seed)
         _write_card(work, spec, model.num_parameters(), report, time.monotonic() - started)
-        _replace(work, dest)
+        replace_folder(work, dest)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -125,14 +126,3 @@ def _write_card(
             seed=spec.seed,
         )
     )
-
-
-def _replace(work: Path, dest: Path) -> None:
-    """Move the finished build into place; an old folder is moved aside first, then removed."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{secrets.token_hex(3)}"
-        dest.rename(old)
-    work.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

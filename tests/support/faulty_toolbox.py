@@ -6,9 +6,9 @@ from __future__ import annotations
 import ctypes
 import time
 
-from haqa.agents.toolbox import LiveToolbox
 from haqa.errors import HaqaError
 from haqa.schemas import FinetuneConfig, TrialMetrics
+from haqa.trials.toolbox import LiveToolbox
 
 SEGFAULT, OOM, HANG, RAISE, USER_ERROR = 11, 12, 13, 14, 15
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal
+from haqa.agents.routing import Budgets
 from haqa.agents.runtime import RunControl, RunRuntime
 from haqa.goal import Goal
 from haqa.graph.build import build_graph
-from haqa.graph.routing import Budgets
 from haqa.schemas import (
     DeployConfig,
     FinetuneConfig,

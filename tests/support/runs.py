@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from haqa.graph.routing import Budgets
-from haqa.graph.run import RunConfig
+from haqa.agents.routing import Budgets
+from haqa.graph.config import RunConfig
 from haqa.schemas import FinetuneConfig, MeasurementPolicy
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from haqa.errors import HaqaError
+from haqa.paths import replace_folder
 from haqa.zoo.smollm2 import (
     HF_DTYPE,
     LICENSE,
@@ -294,17 +295,6 @@ def _accuracy_table() -> str:
     return "\n".join(rows)
 
 
-def _replace(work: Path, dest: Path) -> None:
-    """Move the finished build into place; an old folder is moved aside first, then removed."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{secrets.token_hex(3)}"
-        dest.rename(old)
-    work.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build(dest: Path, *, progress: Progress | None = None, reuse_model: bool = True) -> Path:
     """Build the model, its text and its tasks into ``dest`` (replaced if it exists); returns the
     HF folder. With ``reuse_model``, the model artifacts of a previous build of the same model
@@ -384,7 +374,7 @@ def build(dest: Path, *, progress: Progress | None = None, reuse_model: bool = T
                 secs=secs,
             )
         )
-        _replace(work, dest)
+        replace_folder(work, dest)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Trial isolation: each trial's work runs in a child process with a wall-clock timeout and a
 memory limit, so a segfault in a kernel, an OOM or a hang costs one ``failed`` trial, not the run.
 
-The child is ``python -m haqa.agents.trial_worker REQUEST RESPONSE`` (a fresh interpreter: no
+The child is ``python -m haqa.trials.worker REQUEST RESPONSE`` (a fresh interpreter: no
 state shared with the graph, no fork of a process holding threads). Its output goes to a log file
 whose tail becomes the failed trial's reason. The parent watches the child's whole process tree:
 resident memory above the limit → killed and reported as out of memory; past the timeout →
@@ -11,7 +11,7 @@ A trial's processes never outlive the run (a resumed run must not measure beside
 leads its own process group, which its children (the benchmark, the measurements) stay in; each of
 them dies with its parent (``haqa.procs``: death signal, parent check, watchdog); the parent kills
 the group on any exception and when the trial ends; and every live group is recorded in the store's
-trial registry (``haqa.trial_registry``), whose entries of dead runs are killed before a trial
+trial registry (``haqa.trials.registry``), whose entries of dead runs are killed before a trial
 starts.
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from haqa.agents.toolbox import ToolboxSettings
 from haqa.errors import HaqaError
 from haqa.procs import child_env
 from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
-from haqa.trial_registry import reap_strays, register, registry_dir, unregister
+from haqa.trials.registry import reap_strays, register, registry_dir, unregister
+from haqa.trials.toolbox import ToolboxSettings
 
 ARG_TYPES: dict[str, type[BaseModel]] = {
     "FinetuneConfig": FinetuneConfig,
@@ -104,7 +104,7 @@ class IsolatedToolbox:
         *,
         timeout_s: float = 3600.0,
         memory_limit_bytes: int | None = None,
-        factory: str = "haqa.agents.toolbox:LiveToolbox",
+        factory: str = "haqa.trials.toolbox:LiveToolbox",
         store_path: Path | None = None,
     ) -> None:
         """``store_path``: the run's DuckDB file, whose trial registry this toolbox keeps (a
@@ -137,7 +137,7 @@ class IsolatedToolbox:
             )
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "haqa.agents.trial_worker", str(request), str(response)],
+                    [sys.executable, "-m", "haqa.trials.worker", str(request), str(response)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     # Its own process group, which its children stay in: killed as a whole.
@@ -219,11 +219,11 @@ class IsolatedToolbox:
 
     # The memory gate's estimates read file headers only: cheap and safe in-process.
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
-        from haqa.agents.toolbox import LiveToolbox
+        from haqa.trials.toolbox import LiveToolbox
 
         return LiveToolbox(self.settings).estimate_deploy(config)
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
-        from haqa.agents.toolbox import LiveToolbox
+        from haqa.trials.toolbox import LiveToolbox
 
         return LiveToolbox(self.settings).estimate_finetune(config)

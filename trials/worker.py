@@ -1,4 +1,4 @@
-"""The child process of an isolated trial: ``python -m haqa.agents.trial_worker REQ RESP``.
+"""The child process of an isolated trial: ``python -m haqa.trials.worker REQ RESP``.
 
 Reads the request (toolbox factory, settings, method, arguments), runs the method, writes the
 JSON reply. A user error (``HaqaError``) and any other exception are replies; a crash is the
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from haqa.agents.toolbox import Toolbox
+    from haqa.trials.toolbox import Toolbox
 
 # Nothing heavy above: the worker arms its death with the parent (``main``'s first line) before
 # it spends seconds importing the toolbox, torch or llama.cpp.
@@ -53,9 +53,9 @@ def main(argv: list[str]) -> int:
     # Dies with the run that started it; its children (the benchmark, the measurements) arm the
     # same for themselves, since a death signal is not inherited.
     die_with_parent()
-    from haqa.agents.isolation import decode_arg
-    from haqa.agents.toolbox import ToolboxSettings
     from haqa.errors import HaqaError, failure_reason
+    from haqa.trials.isolation import decode_arg
+    from haqa.trials.toolbox import ToolboxSettings
 
     request = json.loads(Path(argv[0]).read_text())
     response = Path(argv[1])

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from haqa.agents.brains.base import Brain, DecisionContext, Proposal, TrialView
 from haqa.agents.brains.react import InvalidAnswer
-from haqa.agents.isolation import TrialCrash
+from haqa.agents.routing import brain_call_cap, counted
 from haqa.agents.runtime import (
     ROLE_DECISION,
     ROLE_INVALID,
@@ -41,9 +41,9 @@ from haqa.agents.runtime import (
 )
 from haqa.config import validation_message
 from haqa.errors import HaqaError, failure_reason
-from haqa.graph.routing import brain_call_cap, counted
 from haqa.schemas import DeployConfig, FinetuneConfig, TrialMetrics
 from haqa.store import TrialRecord, TrialResult, search_config, utcnow
+from haqa.trials.isolation import TrialCrash
 from haqa.units import format_bytes
 
 PROMPTS = Path(__file__).parent
@@ -429,7 +429,7 @@ def ask_brain(
     Raises ``StageOver`` when the stage must end before the brain answers (the node ends it),
     ``StepStopped`` when the user stopped the run (the node ends the step, the supervisor the
     run)."""
-    from haqa.agents.readonly import RunReadOnlyTools
+    from haqa.agents.brains.readonly import RunReadOnlyTools
 
     space = rt.finetune_space if stage == "finetune" else rt.deploy_space
     feedback = last_feedback(rt, agent)
@@ -469,3 +469,57 @@ def report_trial(rt: RunRuntime, agent: str, trial: TrialRecord, summary: str) -
         rt.say(agent, ROLE_OBSERVATION, f"trial {trial.trial_id}{summary}")
     else:
         rt.say(agent, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
+
+
+class StepSpec(BaseModel):
+    """What differs between the planner's step and the tuner's: the stage, the tool a trial
+    runs, the defaults the brain starts from, how a proposal becomes a config, how it is
+    measured and told, and how the stage ends."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    agent: str
+    stage: Literal["finetune", "deploy"]
+    tool: str
+    defaults: dict[str, Any]
+    extra: str = ""
+    parse: Callable[[dict[str, Any]], FinetuneConfig | DeployConfig]
+    work: Callable[[Any], TrialMetrics]
+    summary: Callable[[Any, TrialRecord], str]
+    finish: Callable[[str], dict[str, Any]]
+
+
+def search_step(
+    rt: RunRuntime, spec: StepSpec, *, static: str, views: list[TrialView], brief: dict[str, Any]
+) -> dict[str, Any]:
+    """Ask the brain → validate → repeat check → memory gate → run → tell: one trial of a
+    searching agent, or the end of its stage."""
+    from haqa.agents.supervisor.gate import admit  # the gate records through this module
+
+    try:
+        proposal = ask_brain(
+            rt, agent=spec.agent, stage=spec.stage, static=static, views=views,
+            defaults=spec.defaults, brief=brief, extra=spec.extra,
+        )  # fmt: skip
+    except StepStopped:  # the supervisor ends the run; the stage stays open for a resume
+        return {}
+    except StageOver as over:  # the wall clock or the proposal cap
+        return spec.finish(str(over))
+    if proposal.action == "finish":
+        return spec.finish(f"{rt.brain.name} chose to finish: {proposal.thought}")
+    config = spec.parse(proposal.config)
+    # A repeat runs nothing but counts against the budget (see ``answer_repeat``).
+    if answer_repeat(rt, agent=spec.agent, stage=spec.stage, config=proposal.config):
+        return {}
+    if not admit(rt, agent=spec.agent, config=config, raw=proposal.config):
+        return {}
+    trial = run_trial(
+        rt,
+        agent=spec.agent,
+        stage=spec.stage,
+        tool=spec.tool,
+        config=proposal.config,
+        work=lambda: spec.work(config),
+    )
+    report_trial(rt, spec.agent, trial, spec.summary(config, trial))
+    return {}

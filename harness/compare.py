@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from haqa.agents.grid import TabularToolbox
 from haqa.errors import HaqaError
 from haqa.goal import Goal
+from haqa.harness.grid import TabularToolbox
 from haqa.store import Store, iter_grid_configs
 
 REACH = 0.98
@@ -104,10 +104,11 @@ def compare_brains(
     progress: Callable[[str], None] | None = None,
 ) -> CompareResult:
     from haqa.agents.brains import ALL_BRAINS
-    from haqa.graph.routing import Budgets
+    from haqa.agents.routing import Budgets
 
     # The runs go to a scratch store when given (they are many and only their scores matter).
-    from haqa.graph.run import RunConfig, start_run
+    from haqa.graph.config import RunConfig
+    from haqa.graph.run import start_run
 
     if seeds <= 0:
         raise HaqaError(f"--seeds must be at least 1, got {seeds}")

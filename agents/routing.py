@@ -74,7 +74,12 @@ def stage_stop_reason(
         return f"budget of {budget} trials used"
     if elapsed_s >= wall_clock_s:
         return f"wall-clock limit of {wall_clock_s:.0f} s reached"
-    if counted(history) >= patience and trials_since_improvement(history) >= patience:
+    # Patience ends a stage that stopped improving. A stage with nothing feasible yet has not
+    # started: its budget ends it, so a search for a type that keeps the accuracy floor is not
+    # cut short (SmolLM2 in the demo: Q4_0, Q4_K_M and Q5_K_M missed the floor, and patience 3
+    # ended the stage with Q6_K and Q8_0 untried and budget left).
+    started = any(t.feasible and t.objective is not None for t in history)
+    if started and counted(history) >= patience and trials_since_improvement(history) >= patience:
         return f"no improvement in the last {patience} trials"
     if roofline is not None and roofline_stop is not None and roofline >= roofline_stop:
         return f"roofline efficiency {roofline:.2f} >= {roofline_stop:.2f}"
@@ -95,7 +100,7 @@ def brain_call_cap(budget: int, max_invalid_in_row: int) -> int:
 def measured_stop(rt: Any, patience: int) -> int:
     """The patience rule depends on measurements; a replay follows the recorded decisions
     instead (it stops a stage where the recording did), so its patience is unlimited."""
-    return 1_000_000 if getattr(rt.brain, "kind", "") == "replay" else patience
+    return 1_000_000 if rt.brain.kind == "replay" else patience
 
 
 def next_route(*, analysed: bool, finetune_done: bool, deploy_done: bool) -> Route:
