@@ -10,9 +10,18 @@ import errno
 import os
 import re
 
+#: Exit codes a pipeline can act on (README, ``haqa run --help``): 0 an answer that meets the goal.
+EXIT_BAD_INPUT = 2
+EXIT_GOAL_NOT_MET = 3
+EXIT_STOPPED = 4
+EXIT_REGRESSION = 5
+
 
 class HaqaError(Exception):
     """A user-fixable problem: bad input, a missing file, an impossible goal."""
+
+    #: What the CLI exits with: bad input unless a subclass says otherwise.
+    exit_code: int = EXIT_BAD_INPUT
 
     def __init__(self, message: str) -> None:
         # One line, always: multi-line text from a library is folded so the CLI's contract holds.
@@ -23,6 +32,25 @@ class HaqaError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+class GoalNotMet(HaqaError):
+    """The run finished and no configuration met the goal: the model or the goal changed, not
+    the command."""
+
+    exit_code = EXIT_GOAL_NOT_MET
+
+
+class RunStopped(HaqaError):
+    """The run stopped before the end (the user's stop, a signal): resumable with --resume."""
+
+    exit_code = EXIT_STOPPED
+
+
+class RegressionFailed(HaqaError):
+    """The answer is worse than the baseline run by more than the allowed regression."""
+
+    exit_code = EXIT_REGRESSION
 
 
 #: errno values that mean "no room to write": disk full, quota, a file-size limit (ulimit -f).

@@ -26,6 +26,7 @@ from support.qlora_child import qlora_in_child
 import haqa.zoo.smollm2
 from haqa import zoo
 from haqa.cli import main
+from haqa.cli.answer import RunAnswer
 from haqa.errors import HaqaError
 from haqa.modelref import resolve_model
 from haqa.tasks import load_jsonl
@@ -410,11 +411,18 @@ def test_haqa_run_tunes_a_gguf_it_is_handed(smol: Files, tmp_path: Path) -> None
     small = ["--deploy-trials", "1", "--eval-limit", "3", "--n-prompt", "32", "--n-gen", "8"]
     small += ["--repetitions", "1", "--perplexity-windows", "2", "--max-accuracy-drop", "100"]
     db = str(tmp_path / "h.duckdb")
+    answer_file = tmp_path / "answer.json"
     done = _run_cli(
-        "run", "--model", str(smol.shipped_gguf), *small, "--db", db, env=env, cwd=tmp_path
-    )
+        "run", "--model", str(smol.shipped_gguf), *small, "--db", db,
+        "--output", str(answer_file), env=env, cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
+    answer = RunAnswer.model_validate_json(answer_file.read_text())
+    assert answer.status == "met" and answer.exit_code == 0 and answer.result is not None
+    gguf = Path(answer.result.gguf_path or "")
+    assert answer.artifact_sha256 == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert answer.result.bits_per_weight and answer.result.perplexity
     assert "a Q4_1 GGUF: deployment tuning only; every type is requantized" in out, out
     assert "effective bits per weight:" in out, out
     assert re.search(r"perplexity: [\d.]+ \(reference [\d.]+", out), out

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except HaqaError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from haqa.agents.brains import ALL_BRAINS
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, open_store
-from haqa.errors import HaqaError
+from haqa.errors import GoalNotMet, RunStopped
 
 if TYPE_CHECKING:
     from haqa.agents.supervisor.result import RunResult
@@ -71,16 +72,53 @@ def _run_config(
     )
 
 
-def _finish(store: Store, run_id: str, result: RunResult | None, report_dir: Path | None) -> None:
+class AnswerOutput:
+    """Where the machine-readable answer goes: stdout (``--json``; everything else then goes to
+    stderr) and/or a file (``--output``)."""
+
+    def __init__(self, as_json: bool = False, output: Path | None = None) -> None:
+        self.as_json, self.output = as_json, output
+        if as_json:
+            console.file = sys.stderr  # progress and the conversation; stdout holds the JSON
+
+    def write(
+        self, store: Store, run_id: str, result: RunResult | None, report: Path | None
+    ) -> None:
+        if not (self.as_json or self.output):
+            return
+        from haqa.cli.answer import run_answer
+
+        doc = run_answer(
+            run=store.get_run(run_id), store_path=store.path, result=result, report=report
+        ).model_dump_json(indent=2)
+        if self.output:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.output.write_text(doc + "\n")
+        if self.as_json:
+            sys.stdout.write(doc + "\n")
+            sys.stdout.flush()
+
+
+def _finish(
+    store: Store,
+    run_id: str,
+    result: RunResult | None,
+    report_dir: Path | None,
+    answer: AnswerOutput | None = None,
+) -> None:
     from haqa.report import write_report
 
+    answer = answer or AnswerOutput()
     if result is None:
-        console.print(f"run {run_id} stopped; continue it with `haqa run --resume {run_id}`")
-        return
+        answer.write(store, run_id, None, None)
+        raise RunStopped(
+            f"run {run_id} stopped before the end; continue it with `haqa run --resume {run_id}`"
+        )
     path = write_report(store, run_id, report_dir or Path("haqa-reports") / run_id)
+    answer.write(store, run_id, result, path)
     if not result.found:
         console.print(f"report: {path}")
-        raise HaqaError(f"run {run_id}: {result.headline()}")
+        raise GoalNotMet(f"run {run_id}: {result.headline()}")
     cfg = result.config or {}
     console.rule(f"[bold]run {run_id} finished")
     console.print(f"chosen: [bold]{cfg.get('quant_type')}[/] {_runtime_summary(cfg)}")
@@ -233,11 +271,27 @@ def run_command(
         str | None, typer.Option("--resume", help="continue a stopped or killed run")
     ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir")] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="print the answer as one JSON document on stdout (progress: stderr)"
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="also write the JSON answer to this file")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print whole messages")] = False,
     db: DbOption = None,
 ) -> None:
-    """Run the agents: fine-tune, quantize and tune llama.cpp for this machine, measured."""
+    """Run the agents: fine-tune, quantize and tune llama.cpp for this machine, measured.
+
+    Exit codes: 0 an answer that meets the goal; 2 bad input; 3 the run ended and no
+    configuration met the goal; 4 the run stopped before the end (resume it with --resume).
+    With --json the answer is one JSON document on stdout (schema: docs/run-answer.schema.json).
+    """
     from haqa.graph.run import resume_run, start_run
+
+    answer = AnswerOutput(as_json, output)
 
     def on_event(m: MessageRecord) -> None:
         print_message(m, verbose=verbose)
@@ -245,7 +299,7 @@ def run_command(
     if resume:
         store = open_store(db, create=False)
         result = resume_run(store, resume, on_event=on_event)
-        _finish(store, resume, result, report_dir)
+        _finish(store, resume, result, report_dir, answer)
         return
     budgets = {
         "finetune_trials": finetune_trials,
@@ -289,7 +343,7 @@ def run_command(
         build_zoo_models(cfg.model, cfg.speed_model)
     store = open_store(db)
     run_id, result = start_run(store, cfg, on_event=on_event)
-    _finish(store, run_id, result, report_dir)
+    _finish(store, run_id, result, report_dir, answer)
 
 
 @app.command("replay")
@@ -301,6 +355,9 @@ def replay_command(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print whole messages")] = False,
     report_dir: Annotated[Path | None, typer.Option("--report-dir")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the trace as JSON lines (one message each)")
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Print a recorded run's trace, or re-execute it with the replay brain."""
@@ -308,7 +365,10 @@ def replay_command(
     record = store.get_run(run_id)
     if not rerun:
         for m in store.list_messages(run_id):
-            print_message(m, verbose=verbose)
+            if as_json:
+                print(m.model_dump_json())
+            else:
+                print_message(m, verbose=verbose)
         return
     from haqa.graph.config import RunConfig
     from haqa.graph.run import start_run
