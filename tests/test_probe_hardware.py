@@ -61,9 +61,10 @@ def _stream_reference() -> ModuleType:
 
 @pytest.mark.slow
 def test_bandwidth_agrees_with_an_independent_stream_read() -> None:
-    """The probe against a different kernel (uint64 max, not the probe's uint64 sum) that is
-    bandwidth-bound here (checked: its in-L2 rate per thread is well above the all-core figure
-    per thread), measured before and after the probe with the same statistic (median round)."""
+    """The probe against a separately written kernel (uint64 max, not the probe's uint64 min)
+    that is bandwidth-bound here (checked: its in-L2 rate per thread is well above the all-core
+    figure per thread), measured before and after the probe with the same statistic (median
+    round)."""
     ref = _stream_reference()
     threads = os.cpu_count() or 1
     size = 1024**3

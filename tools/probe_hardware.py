@@ -259,19 +259,21 @@ def default_buffer_bytes(l3_bytes: int | None, available_bytes: int) -> int:
 
 
 #: Bump when the measurement changes: a cached profile measured another way is measured again.
-BANDWIDTH_METHOD_VERSION = 2
+BANDWIDTH_METHOD_VERSION = 3
 
 
 def read_kernel(chunk: np.ndarray) -> None:
-    """Read every byte of ``chunk`` once: a wrapping uint64 sum. Integer addition is associative,
-    so numpy's loop keeps several SIMD accumulators and does one add per 8 bytes read: a core
-    finishes it several times faster than memory delivers the bytes (``in_cache_bytes_per_s``
-    shows by how much), so the time measured is the memory's. The float32 BLAS dot used before
-    hid two things: OpenBLAS threads its own ``sdot`` for long vectors, so two threads each calling
-    it ran two thread pools on two cores, and its timing depended on how those met."""
+    """Read every byte of ``chunk`` once: a uint64 minimum, numpy's SIMD min/max loop (one
+    compare per 8 bytes, no dependency chain). A core's read rate from memory depends on how many
+    loads its loop keeps in flight, not only on whether the loop outruns memory: the wrapping
+    uint64 sum used before ran 33 GB/s in L2 on this project's Xeon, "bandwidth-bound" by that
+    test, yet read 8.0 GB/s a core from memory where the min/max loop reads 12.8 — the probe sat
+    at 0.64-0.74 of the reference. The float32 BLAS dot before that hid two thread pools (OpenBLAS
+    threads its own ``sdot``). The reference (``bench/stream_bandwidth.py``) is the maximum:
+    another operation of the same loop family, written and timed separately."""
     import numpy as np
 
-    np.add.reduce(chunk.view(np.uint64))
+    np.minimum.reduce(chunk.view(np.uint64))
 
 
 def _timed_rounds(
@@ -355,7 +357,7 @@ def measure_read_bandwidth(
         threads=threads,
         buffer_bytes=int(data.nbytes),
         repeats=len(rounds),
-        method=f"numpy uint64 sum, {threads} threads each reading its own slice of a "
+        method=f"numpy uint64 min, {threads} threads each reading its own slice of a "
         f"{data.nbytes / _MIB:.0f} MiB buffer, median of {len(rounds)} rounds",
         version=BANDWIDTH_METHOD_VERSION,
     )
