@@ -62,12 +62,22 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
     # The answer is a measured, feasible trial of this run, and the decisions are in the trace.
     best = next(t for t in trials if t.trial_id == result.best_trial_id)
     assert best.status == "ok" and best.metrics.decode_tps == result.search_decode_tps
-    # ... measured again before and after the baselines; the answer's speed is their mean.
+    # The search's choice is measured again before and after the baselines (the final race).
     finals = [t for t in trials if t.role == "final"]
-    assert [t.trial_id for t in finals] == result.final_trial_ids and len(finals) == 2
-    assert all(t.config["quant_type"] == best.config["quant_type"] for t in finals)
-    assert finals[0].trial_id < min(t.trial_id for t in trials if t.role == "baseline")
-    assert result.decode_tps == pytest.approx(sum(t.metrics.decode_tps or 0 for t in finals) / 2)
+    baseline_ids = [t.trial_id for t in trials if t.role == "baseline"]
+    assert len(finals) == 2 and finals[0].trial_id < min(baseline_ids) < finals[1].trial_id
+    if result.race_winner == "the search's choice":
+        # ... and the answer's speed is the mean of those two rounds.
+        assert [t.trial_id for t in finals] == result.final_trial_ids
+        assert all(t.config["quant_type"] == best.config["quant_type"] for t in finals)
+        mean = sum(t.metrics.decode_tps or 0 for t in finals) / 2
+        assert result.decode_tps == pytest.approx(mean)
+    else:
+        # A default that met the goal and measured faster side by side is the answer (race.py):
+        # its own measurement, a speedup of 1 over itself.
+        assert best.role == "baseline" and result.final_trial_ids == [best.trial_id]
+        assert result.decode_tps == best.metrics.decode_tps
+        assert result.speedup_decode[best.config["quant_type"]] == pytest.approx(1.0)
     decisions = [m for m in store.list_messages(run_id) if m.role == "decision"]
     assert len(decisions) >= len(stages)
     assert all(m.content for m in store.list_messages(run_id))
