@@ -21,6 +21,7 @@ proposals asked per stage are checked before every question to the brain, not on
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -471,22 +472,22 @@ def report_trial(rt: RunRuntime, agent: str, trial: TrialRecord, summary: str) -
         rt.say(agent, ROLE_OBSERVATION, f"trial {trial.trial_id} failed: {trial.error}")
 
 
-class StepSpec(BaseModel):
+@dataclass(frozen=True)
+class StepSpec:
     """What differs between the planner's step and the tuner's: the stage, the tool a trial
     runs, the defaults the brain starts from, how a proposal becomes a config, how it is
-    measured and told, and how the stage ends."""
-
-    model_config = {"arbitrary_types_allowed": True}
+    measured and told, and how the stage ends. (Code, not data crossing a boundary: a frozen
+    dataclass, not a pydantic model.)"""
 
     agent: str
     stage: Literal["finetune", "deploy"]
     tool: str
     defaults: dict[str, Any]
-    extra: str = ""
     parse: Callable[[dict[str, Any]], FinetuneConfig | DeployConfig]
     work: Callable[[Any], TrialMetrics]
     summary: Callable[[Any, TrialRecord], str]
     finish: Callable[[str], dict[str, Any]]
+    extra: str = ""
 
 
 def search_step(

@@ -101,13 +101,18 @@ def _row(
 
 
 def main() -> int:
-    if "--model" not in sys.argv or "zoo:tiny" not in sys.argv:
+    # --model picks the study; every other flag belongs to that study's own parser.
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--model", default="zoo:smollm2-135m")
+    picked, rest = pick.parse_known_args()
+    if picked.model != "zoo:tiny":
         # The real model (the default): size, bits, perplexity, KLD, top-1 agreement and MC
         # accuracy with its interval per type, measured by the real-model bench.
         import real_model_quality
 
+        sys.argv = [sys.argv[0], "--model", picked.model, *rest]
         return real_model_quality.main()
-    sys.argv = [a for a in sys.argv if a not in ("--model", "zoo:tiny")]
+    sys.argv = [sys.argv[0], *rest]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quants", default="F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K")
     parser.add_argument("--split", default="test", choices=zoo.TASK_SPLITS)

@@ -13,14 +13,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
 from haqa.goal import Goal
 from haqa.harness.grid import TabularToolbox
-from haqa.store import Store, iter_grid_configs
+from haqa.store import GridRecord, Store, iter_grid_configs
+
+if TYPE_CHECKING:
+    from haqa.graph.config import RunConfig
 
 REACH = 0.98
 
@@ -90,6 +93,67 @@ def _curve(
     return curve[:budget]
 
 
+def _check_compare_args(brains: list[str], seeds: int, budget: int) -> None:
+    """HaqaError for a seed count or budget under 1, or a brain that compare cannot run."""
+    from haqa.agents.brains import ALL_BRAINS
+
+    if seeds <= 0:
+        raise HaqaError(f"--seeds must be at least 1, got {seeds}")
+    if budget <= 0:
+        raise HaqaError(f"--budget must be at least 1, got {budget}")
+    unknown = [b for b in brains if b not in ALL_BRAINS or b in ("openai", "llamacpp", "replay")]
+    if unknown:
+        raise HaqaError(
+            f"unknown brain {', '.join(unknown)} for compare: use expert, random, local, tpe, "
+            "gp, nsga2, cmaes"
+        )
+
+
+def _base_config(
+    grid: GridRecord,
+    grid_id: str,
+    goal: str,
+    max_accuracy_drop: float,
+    memory_budget: str | None,
+    budget: int,
+) -> RunConfig:
+    """The run configuration every compared run shares; each run sets its brain and seed."""
+    from haqa.agents.routing import Budgets
+    from haqa.graph.config import RunConfig
+
+    return RunConfig(
+        model=grid.model,
+        speed_model=grid.speed_model,
+        goal=goal,
+        max_accuracy_drop=max_accuracy_drop,
+        memory_budget=memory_budget,
+        tabular=grid_id,
+        budgets=Budgets(
+            finetune_trials=0, deploy_trials=budget, patience=budget, max_invalid_in_row=3
+        ),
+    )
+
+
+def _score_brain(
+    brain: str, curves: list[list[float]], invalid: list[int], optimum: float, budget: int
+) -> BrainScore:
+    """One brain's scores from its best-so-far curves and invalid proposals, one per seed."""
+    finals = [c[-1] if c else 0.0 for c in curves]
+    reach = [next((i + 1 for i, v in enumerate(c) if v >= REACH * optimum), None) for c in curves]
+    reached = sorted(r if r is not None else budget + 1 for r in reach)
+    return BrainScore(
+        brain=brain,
+        seeds=len(curves),
+        best_mean=statistics.fmean(finals),
+        best_std=statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+        regret_mean=statistics.fmean(optimum - f for f in finals),
+        trials_to_reach=reach,
+        trials_to_reach_median=statistics.median(reached),
+        invalid_mean=statistics.fmean(invalid),
+        curves=curves,
+    )
+
+
 def compare_brains(
     store: Store,
     *,
@@ -103,36 +167,11 @@ def compare_brains(
     memory_budget: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompareResult:
-    from haqa.agents.brains import ALL_BRAINS
-    from haqa.agents.routing import Budgets
-
-    # The runs go to a scratch store when given (they are many and only their scores matter).
-    from haqa.graph.config import RunConfig
     from haqa.graph.run import start_run
 
-    if seeds <= 0:
-        raise HaqaError(f"--seeds must be at least 1, got {seeds}")
-    if budget <= 0:
-        raise HaqaError(f"--budget must be at least 1, got {budget}")
-    unknown = [b for b in brains if b not in ALL_BRAINS or b in ("openai", "llamacpp", "replay")]
-    if unknown:
-        raise HaqaError(
-            f"unknown brain {', '.join(unknown)} for compare: use expert, random, local, tpe, "
-            "gp, nsga2, cmaes"
-        )
+    _check_compare_args(brains, seeds, budget)
     toolbox = TabularToolbox(store, grid_id)
-    grid = toolbox.grid
-    base = RunConfig(
-        model=grid.model,
-        speed_model=grid.speed_model,
-        goal=goal,
-        max_accuracy_drop=max_accuracy_drop,
-        memory_budget=memory_budget,
-        tabular=grid_id,
-        budgets=Budgets(
-            finetune_trials=0, deploy_trials=budget, patience=budget, max_invalid_in_row=3
-        ),
-    )
+    base = _base_config(toolbox.grid, grid_id, goal, max_accuracy_drop, memory_budget, budget)
     parsed = base.parsed_goal()
     truth, optimum, optimum_cfg = grid_truth(toolbox, parsed)
     scores, run_ids = [], {}
@@ -142,29 +181,13 @@ def compare_brains(
             if progress:
                 progress(f"{brain} seed {seed}")
             cfg = base.model_copy(update={"brain": brain, "seed": seed})
+            # Runs go to the scratch store when given: they are many and only their scores matter.
             runs = scratch or store
             run_id, result = start_run(runs, cfg, toolbox=TabularToolbox(store, grid_id))
             ids.append(run_id)
             curves.append(_curve(runs, run_id, truth, budget))
             invalid.append(result.invalid_proposals if result else 0)
-        finals = [c[-1] if c else 0.0 for c in curves]
-        reach = [
-            next((i + 1 for i, v in enumerate(c) if v >= REACH * optimum), None) for c in curves
-        ]
-        reached = sorted(r if r is not None else budget + 1 for r in reach)
-        scores.append(
-            BrainScore(
-                brain=brain,
-                seeds=seeds,
-                best_mean=statistics.fmean(finals),
-                best_std=statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-                regret_mean=statistics.fmean(optimum - f for f in finals),
-                trials_to_reach=reach,
-                trials_to_reach_median=statistics.median(reached),
-                invalid_mean=statistics.fmean(invalid),
-                curves=curves,
-            )
-        )
+        scores.append(_score_brain(brain, curves, invalid, optimum, budget))
         run_ids[brain] = ids
     return CompareResult(
         grid_id=grid_id,

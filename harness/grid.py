@@ -15,6 +15,7 @@ from typing import Any
 
 from haqa.errors import HaqaError
 from haqa.schemas import (
+    DeployConfig,
     KvCacheSettings,
 )
 from haqa.space import DEPLOY_QUANT_TYPES
@@ -61,19 +62,16 @@ def record_grid(
         raise HaqaError("--repeats must be at least 1")
     if grid_id is not None:
         grid = store.get_grid(grid_id)
-        profile = (grid.hardware or {}).get("profile", {})
     else:
-        profile = toolbox.probe()
-        micro = toolbox.microbench()
-        logical = int(profile.get("logical_cores") or os.cpu_count() or 1)
-        physical = int(profile.get("physical_cores") or logical)
-        grid = store.create_grid(
+        grid = _new_grid(
+            store,
+            toolbox,
+            settings,
             model=model,
             speed_model=speed_model,
-            hardware_fingerprint=str(profile.get("fingerprint")),
-            hardware={"profile": profile, "microbench": micro},
-            space=space or default_grid_space(logical, physical),
-            settings={**settings.model_dump(mode="json"), "repeats": repeats, "adapter": adapter},
+            space=space,
+            repeats=repeats,
+            adapter=adapter,
         )
     done = {(p.config_key, p.repeat) for p in store.grid_points(grid.grid_id)}
     configs = list(iter_grid_configs(grid.space))
@@ -89,17 +87,60 @@ def record_grid(
                 continue
             if progress:
                 progress(step, total, f"{cfg.quant_type} {key}")
-            started = time.monotonic()
-            metrics = toolbox.deploy(cfg, adapter)
-            weights_and_cache = (cfg.quant_type, KvCacheSettings.deployed(cfg.runtime))
-            if weights_and_cache not in test_accuracy:
-                test_accuracy[weights_and_cache] = toolbox.final_test(cfg, adapter).accuracy or 0.0
-            estimate = toolbox.estimate_deploy(cfg)
-            data = {
-                **metrics.model_dump(mode="json"),
-                "test_accuracy": test_accuracy[weights_and_cache],
-                "predicted_peak_mem_bytes": estimate.get("total_bytes"),
-            }
-            store.add_grid_point(grid.grid_id, point, repeat, data, time.monotonic() - started)
+            _record_point(store, toolbox, grid.grid_id, point, cfg, repeat, adapter, test_accuracy)
     store.set_grid_status(grid.grid_id, "complete")
     return store.get_grid(grid.grid_id)
+
+
+def _new_grid(
+    store: Store,
+    toolbox: Toolbox,
+    settings: ToolboxSettings,
+    *,
+    model: str,
+    speed_model: str | None,
+    space: dict[str, list[Any]] | None,
+    repeats: int,
+    adapter: str | None,
+) -> GridRecord:
+    """A new grid for this machine: its hardware profile and micro-benchmarks, and ``space`` or
+    the default grid for its cores."""
+    profile = toolbox.probe()
+    micro = toolbox.microbench()
+    logical = int(profile.get("logical_cores") or os.cpu_count() or 1)
+    physical = int(profile.get("physical_cores") or logical)
+    return store.create_grid(
+        model=model,
+        speed_model=speed_model,
+        hardware_fingerprint=str(profile.get("fingerprint")),
+        hardware={"profile": profile, "microbench": micro},
+        space=space or default_grid_space(logical, physical),
+        settings={**settings.model_dump(mode="json"), "repeats": repeats, "adapter": adapter},
+    )
+
+
+def _record_point(
+    store: Store,
+    toolbox: Toolbox,
+    grid_id: str,
+    point: dict[str, Any],
+    cfg: DeployConfig,
+    repeat: int,
+    adapter: str | None,
+    test_accuracy: dict[tuple[str, KvCacheSettings], float],
+) -> None:
+    """Measure one repeat of a grid point and store it with its predicted peak memory and the
+    test accuracy of its weights and KV cache (evaluated once per pair, kept in
+    ``test_accuracy``)."""
+    started = time.monotonic()
+    metrics = toolbox.deploy(cfg, adapter)
+    weights_and_cache = (cfg.quant_type, KvCacheSettings.deployed(cfg.runtime))
+    if weights_and_cache not in test_accuracy:
+        test_accuracy[weights_and_cache] = toolbox.final_test(cfg, adapter).accuracy or 0.0
+    estimate = toolbox.estimate_deploy(cfg)
+    data = {
+        **metrics.model_dump(mode="json"),
+        "test_accuracy": test_accuracy[weights_and_cache],
+        "predicted_peak_mem_bytes": estimate.get("total_bytes"),
+    }
+    store.add_grid_point(grid_id, point, repeat, data, time.monotonic() - started)

@@ -15,6 +15,7 @@ llama.cpp context in a child process); ``tests/test_estimate_memory.py`` holds t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -62,7 +63,12 @@ def runtime_overhead_bytes() -> int:
         [platform.python_version(), version("llama-cpp-python"), str(os.cpu_count()),
          platform.machine()]
     )  # fmt: skip
-    cache = haqa_home() / "machine" / f"llama-process-{key}.json"
+    return _measured_overhead(haqa_home() / "machine" / f"llama-process-{key}.json")
+
+
+@functools.cache
+def _measured_overhead(cache: Path) -> int:
+    """The baseline from its cache file, or measured into it (read once per process)."""
     try:
         return int(json.loads(cache.read_text())["bytes"])
     except (OSError, ValueError, KeyError):
@@ -495,41 +501,18 @@ def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
     cfg = args.config
     act_bytes = 2 if cfg.compute_dtype in ("bfloat16", "float16") else 4
     targets = set(cfg.target_modules)
-    hd, h, ff = shape.head_dim, shape.n_embd, shape.n_ff
-    modules = {
-        "q_proj": (h, shape.n_head * hd),
-        "k_proj": (h, shape.n_head_kv * hd),
-        "v_proj": (h, shape.n_head_kv * hd),
-        "o_proj": (shape.n_head * hd, h),
-        "gate_proj": (h, ff),
-        "up_proj": (h, ff),
-        "down_proj": (ff, h),
-    }
+    modules = _linear_modules(shape)
     linear = sum(i * o for i, o in modules.values()) * shape.n_layer
-    if cfg.quant == "int8":
-        per_weight = 1.0
-        scales: float = sum(o for _, o in modules.values()) * shape.n_layer * 4.0
-    else:
-        per_weight = 0.5
-        # absmax per 64-weight block: fp32, or 8-bit + an fp32 per 256 blocks when double-quant.
-        scales = linear / 64 * (1 + 4 / 256 if cfg.double_quant else 4)
+    per_weight, scales = _base_weight_and_scale_bytes(cfg, modules, shape.n_layer, linear)
     base_q = linear * per_weight + scales
     # Embeddings, output head and norms stay unquantized (fp32 on CPU loads by default).
-    embed = shape.n_vocab * h * (1 if shape.tied_embeddings else 2) * 4
+    embed = shape.n_vocab * shape.n_embd * (1 if shape.tied_embeddings else 2) * 4
     lora_params = sum(cfg.lora_r * (i + o) for name, (i, o) in modules.items() if name in targets)
     lora_params *= shape.n_layer
     # fp32 parameters + gradients + AdamW exp_avg + exp_avg_sq.
     lora_state = lora_params * 4 * 4
     seq = min(cfg.max_seq_len, args.example_tokens or cfg.max_seq_len)
-    tokens = cfg.batch_size * seq
-    # Saved activations per token per layer, fitted to measured QLoRA steps of the tiny model at
-    # full sequence length (eager attention, fp32 compute): ~(24 x hidden + 7 x ff) values (the
-    # residual stream, norms, q/k/v/o, the FFN's gate/up/act, LoRA inputs, and their gradients
-    # in flight), plus the attention scores and probabilities (~3.3 x heads x seq fp32).
-    per_layer = tokens * (24 * h + 7 * ff) * act_bytes
-    per_layer += int(tokens * shape.n_head * seq * 4 * 3.3)
-    logits = tokens * shape.n_vocab * 4 * 3
-    activations = shape.n_layer * per_layer + logits
+    activations = _activation_bytes(shape, cfg.batch_size, seq, act_bytes)
     total = int(base_q + embed + lora_state + activations + FINETUNE_OVERHEAD_BYTES)
     return MemoryEstimate(
         weights_bytes=int(base_q + embed),
@@ -548,6 +531,49 @@ def estimate_finetune_memory(args: FinetuneMemoryArgs) -> MemoryEstimate:
             "MiB calibrated",
         ],
     )
+
+
+def _linear_modules(shape: ModelShape) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear module of one decoder layer, by its peft target name."""
+    hd, h, ff = shape.head_dim, shape.n_embd, shape.n_ff
+    return {
+        "q_proj": (h, shape.n_head * hd),
+        "k_proj": (h, shape.n_head_kv * hd),
+        "v_proj": (h, shape.n_head_kv * hd),
+        "o_proj": (shape.n_head * hd, h),
+        "gate_proj": (h, ff),
+        "up_proj": (h, ff),
+        "down_proj": (ff, h),
+    }
+
+
+def _base_weight_and_scale_bytes(
+    cfg: FinetuneConfig, modules: dict[str, tuple[int, int]], n_layer: int, linear: int
+) -> tuple[float, float]:
+    """Bytes per frozen linear weight as bitsandbytes stores it under ``cfg.quant``, and the
+    bytes of all its quantization scales."""
+    if cfg.quant == "int8":
+        per_weight = 1.0
+        scales: float = sum(o for _, o in modules.values()) * n_layer * 4.0
+    else:
+        per_weight = 0.5
+        # absmax per 64-weight block: fp32, or 8-bit + an fp32 per 256 blocks when double-quant.
+        scales = linear / 64 * (1 + 4 / 256 if cfg.double_quant else 4)
+    return per_weight, scales
+
+
+def _activation_bytes(shape: ModelShape, batch_size: int, seq: int, act_bytes: int) -> int:
+    """Bytes of the activations a training step saves, and of its logits, at ``batch_size``
+    sequences of ``seq`` tokens."""
+    tokens = batch_size * seq
+    # Saved activations per token per layer, fitted to measured QLoRA steps of the tiny model at
+    # full sequence length (eager attention, fp32 compute): ~(24 x hidden + 7 x ff) values (the
+    # residual stream, norms, q/k/v/o, the FFN's gate/up/act, LoRA inputs, and their gradients
+    # in flight), plus the attention scores and probabilities (~3.3 x heads x seq fp32).
+    per_layer = tokens * (24 * shape.n_embd + 7 * shape.n_ff) * act_bytes
+    per_layer += int(tokens * shape.n_head * seq * 4 * 3.3)
+    logits = tokens * shape.n_vocab * 4 * 3
+    return shape.n_layer * per_layer + logits
 
 
 # ------------------------------------------------------------------------- measurement

@@ -373,6 +373,16 @@ def probe_dir() -> Path:
     return haqa_home() / "probe"
 
 
+def _cpu_identity() -> tuple[str, str, set[str], int | None]:
+    """CPU model, vendor, ISA flags and physical cores (None: unknown), corrected per platform."""
+    model, vendor, cpu_flags, physical = _cpuinfo()
+    if platform.system() == "Darwin":
+        model, cpu_flags = _darwin_flags()
+    if platform.machine() in ("aarch64", "arm64"):
+        cpu_flags.add("neon")  # NEON is mandatory on AArch64; cpuinfo calls it asimd
+    return model, vendor, cpu_flags, physical
+
+
 def probe_hardware(args: Args | None = None) -> HardwareProfile:
     """Describe this machine for the hardware analyst: CPU model and cores, ISA flags (AVX2,
     AVX-512 VNNI/BF16, AMX, NEON dot-product, ...), cache sizes, RAM, llama.cpp's compiled
@@ -381,12 +391,8 @@ def probe_hardware(args: Args | None = None) -> HardwareProfile:
     import psutil
 
     args = args or Args()
-    model, vendor, cpu_flags, physical = _cpuinfo()
-    if platform.system() == "Darwin":
-        model, cpu_flags = _darwin_flags()
+    model, vendor, cpu_flags, physical = _cpu_identity()
     arch = platform.machine()
-    if arch in ("aarch64", "arm64"):
-        cpu_flags.add("neon")  # NEON is mandatory on AArch64; cpuinfo calls it asimd
     logical = os.cpu_count() or 1
     physical = physical or psutil.cpu_count(logical=False) or logical
     mem = psutil.virtual_memory()
@@ -403,28 +409,14 @@ def probe_hardware(args: Args | None = None) -> HardwareProfile:
     }
     fingerprint = _fingerprint(base)
     cache_file = probe_dir() / f"{fingerprint}.json"
-    if args.use_cache and not args.remeasure and cache_file.is_file():
-        try:
-            cached = HardwareProfile.model_validate_json(cache_file.read_text())
-        except ValueError:
-            cached = None
-        current = cached is not None and (
-            cached.bandwidth.version == BANDWIDTH_METHOD_VERSION
-            if cached.bandwidth is not None
-            else not args.measure_bandwidth
+    cached = _current_cache(cache_file, args)
+    if cached is not None:
+        # RAM available changes run to run: report the current figure.
+        return cached.model_copy(
+            update={"from_cache": True, "ram_available_bytes": int(mem.available)}
         )
-        if cached is not None and current:
-            # RAM available changes run to run: report the current figure.
-            return cached.model_copy(
-                update={"from_cache": True, "ram_available_bytes": int(mem.available)}
-            )
     caches = _cache_sizes()
-    bandwidth = None
-    if args.measure_bandwidth:
-        size = args.bandwidth_buffer_bytes or default_buffer_bytes(caches.l3_bytes, mem.available)
-        bandwidth = measure_read_bandwidth(
-            size, logical, args.bandwidth_seconds, l2_bytes=caches.l2_bytes
-        )
+    bandwidth = _bandwidth(args, caches, mem.available, logical)
     profile = HardwareProfile(
         fingerprint=fingerprint,
         cpu_model=model,
@@ -442,8 +434,38 @@ def probe_hardware(args: Args | None = None) -> HardwareProfile:
         gpus=gpus,
     )
     if args.use_cache and bandwidth is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(profile.model_dump_json(indent=2))
-        tmp.replace(cache_file)
+        _write_cache(cache_file, profile)
     return profile
+
+
+def _current_cache(cache_file: Path, args: Args) -> HardwareProfile | None:
+    """The cached profile, unless the cache is off or bypassed, unreadable, or stale: measured
+    by an older bandwidth method, or without a bandwidth where one is wanted."""
+    if not (args.use_cache and not args.remeasure and cache_file.is_file()):
+        return None
+    try:
+        cached = HardwareProfile.model_validate_json(cache_file.read_text())
+    except ValueError:
+        return None
+    current = (
+        cached.bandwidth.version == BANDWIDTH_METHOD_VERSION
+        if cached.bandwidth is not None
+        else not args.measure_bandwidth
+    )
+    return cached if current else None
+
+
+def _bandwidth(args: Args, caches: Caches, available: int, logical: int) -> Bandwidth | None:
+    """The measured all-core read bandwidth, or None where ``args`` turns the measurement off."""
+    if not args.measure_bandwidth:
+        return None
+    size = args.bandwidth_buffer_bytes or default_buffer_bytes(caches.l3_bytes, available)
+    return measure_read_bandwidth(size, logical, args.bandwidth_seconds, l2_bytes=caches.l2_bytes)
+
+
+def _write_cache(cache_file: Path, profile: HardwareProfile) -> None:
+    """Store ``profile`` as ``cache_file`` atomically: a reader never sees half a file."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    tmp.write_text(profile.model_dump_json(indent=2))
+    tmp.replace(cache_file)

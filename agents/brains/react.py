@@ -133,66 +133,83 @@ def react_propose(ctx: DecisionContext, chat: ChatFn, *, max_steps: int = 6) -> 
     tools = tool_schemas(ctx.space)
     for _ in range(max_steps):
         turn = chat(messages, tools)
-        if turn.malformed:
-            raise InvalidAnswer("malformed tool call: " + "; ".join(turn.malformed)[:300])
-        if not turn.tool_calls:
-            raise InvalidAnswer(
-                "no tool call: answer by calling propose_trial or finish "
-                "(after any read-only tools)"
-            )
-        actions = [c for c in turn.tool_calls if c.name in ACTION_TOOLS]
-        unknown = [
-            c.name for c in turn.tool_calls if c.name not in (*ACTION_TOOLS, *READ_ONLY_TOOLS)
-        ]
-        if unknown:
-            raise InvalidAnswer(
-                f"unknown tool {', '.join(unknown)}: "
-                f"use {', '.join(READ_ONLY_TOOLS + ACTION_TOOLS)}"
-            )
-        if len(actions) > 1:
-            raise InvalidAnswer("more than one action in one answer: call exactly one")
-        if actions:
-            call = actions[0]
-            args = _arguments(call)
-            thought = " ".join(filter(None, [turn.content.strip(), str(args.get("thought", ""))]))
-            if call.name == "finish":
-                return Proposal(action="finish", thought=thought)
-            config = args.get("config")
-            if not isinstance(config, dict):
-                raise InvalidAnswer("propose_trial needs a 'config' object")
-            return Proposal(action="trial", config=config, thought=thought)
-        messages.append(
+        action = _action_call(turn)
+        if action is not None:
+            return _proposal(turn, action)
+        messages.append(_assistant_message(turn))
+        messages.extend(_read_only_results(ctx, turn))
+    raise InvalidAnswer(f"no action after {max_steps} tool rounds: call propose_trial or finish")
+
+
+def _action_call(turn: AssistantTurn) -> ToolCall | None:
+    """The turn's one action call, or None when it calls only read-only tools; InvalidAnswer
+    for a malformed call, no call at all, an unknown tool or more than one action."""
+    if turn.malformed:
+        raise InvalidAnswer("malformed tool call: " + "; ".join(turn.malformed)[:300])
+    if not turn.tool_calls:
+        raise InvalidAnswer(
+            "no tool call: answer by calling propose_trial or finish (after any read-only tools)"
+        )
+    actions = [c for c in turn.tool_calls if c.name in ACTION_TOOLS]
+    unknown = [c.name for c in turn.tool_calls if c.name not in (*ACTION_TOOLS, *READ_ONLY_TOOLS)]
+    if unknown:
+        raise InvalidAnswer(
+            f"unknown tool {', '.join(unknown)}: use {', '.join(READ_ONLY_TOOLS + ACTION_TOOLS)}"
+        )
+    if len(actions) > 1:
+        raise InvalidAnswer("more than one action in one answer: call exactly one")
+    return actions[0] if actions else None
+
+
+def _proposal(turn: AssistantTurn, call: ToolCall) -> Proposal:
+    """The Proposal an action call makes, its thought the turn's text and the call's own."""
+    args = _arguments(call)
+    thought = " ".join(filter(None, [turn.content.strip(), str(args.get("thought", ""))]))
+    if call.name == "finish":
+        return Proposal(action="finish", thought=thought)
+    config = args.get("config")
+    if not isinstance(config, dict):
+        raise InvalidAnswer("propose_trial needs a 'config' object")
+    return Proposal(action="trial", config=config, thought=thought)
+
+
+def _assistant_message(turn: AssistantTurn) -> dict[str, Any]:
+    """The turn as an assistant chat message, its tool calls in OpenAI's format."""
+    return {
+        "role": "assistant",
+        "content": turn.content,
+        "tool_calls": [
             {
-                "role": "assistant",
-                "content": turn.content,
-                "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments},
-                    }
-                    for c in turn.tool_calls
-                ],
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in turn.tool_calls
+        ],
+    }
+
+
+def _read_only_results(ctx: DecisionContext, turn: AssistantTurn) -> list[dict[str, Any]]:
+    """Run each read-only call of the turn, tracing it; the tool messages of their results."""
+    results = []
+    for call in turn.tool_calls:
+        result = _run_read_only(ctx, call)
+        ctx.trace(
+            agent=ctx.agent,
+            role="tool_call",
+            content=f"{call.name}({call.arguments})",
+            tool_name=call.name,
+            tool_args=_safe_args(call),
+            tool_result=result,
+        )
+        results.append(
+            {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "content": json.dumps(result, default=str)[:4000],
             }
         )
-        for call in turn.tool_calls:
-            result = _run_read_only(ctx, call)
-            ctx.trace(
-                agent=ctx.agent,
-                role="tool_call",
-                content=f"{call.name}({call.arguments})",
-                tool_name=call.name,
-                tool_args=_safe_args(call),
-                tool_result=result,
-            )
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "content": json.dumps(result, default=str)[:4000],
-                }
-            )
-    raise InvalidAnswer(f"no action after {max_steps} tool rounds: call propose_trial or finish")
+    return results
 
 
 def _safe_args(call: ToolCall) -> dict[str, Any] | None:

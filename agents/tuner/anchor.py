@@ -110,6 +110,7 @@ def _affected(rt: RunRuntime, state: AnchorState, *, level_changed: bool) -> lis
 
 
 def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> None:
+    """Measure the anchor again as an anchor trial, and say what the check found."""
     policy = rt.measurement
     assert state.anchor is not None and state.level is not None
     if state.last_drifted and policy.anchor_retry_pause_s:
@@ -120,19 +121,8 @@ def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> 
     seq = sum(1 for t in rt.trials(STAGE) if t.role == "anchor") + 1
 
     def work() -> TrialMetrics:
-        m = rt.toolbox.deploy(deploy, adapter)
-        tps = m.decode_tps or 0.0
-        drift = tps / level - 1.0
-        drifted = abs(drift) > policy.drift_threshold
-        check = m.model_copy(update={"anchor_of": anchor_id, "drift": drift, "drifted": drifted})
-        if drifted and state.retries >= policy.anchor_retries:
-            # The re-tries ran out: the machine's speed changed for good. The new level is the
-            # machine's now, and the affected trials are measured again at it.
-            check = check.model_copy(update={"drifted": False, "level": tps, "level_changed": True})
-        if check.level_changed or (not drifted and state.retries):
-            marked = _affected(rt, state, level_changed=bool(check.level_changed))
-            check = check.model_copy(update={"marked": marked})
-        return check
+        measured = rt.toolbox.deploy(deploy, adapter)
+        return _anchor_check(rt, state, measured, anchor_id=anchor_id, level=level)
 
     trial = run_trial(
         rt,
@@ -142,6 +132,33 @@ def _measure_anchor(rt: RunRuntime, state: AnchorState, adapter: str | None) -> 
         config={"role": "anchor", "anchor_seq": seq, **config},
         work=work,
     )
+    _report_anchor(rt, trial, anchor_id=anchor_id, level=level)
+
+
+def _anchor_check(
+    rt: RunRuntime, state: AnchorState, m: TrialMetrics, *, anchor_id: int, level: float
+) -> TrialMetrics:
+    """The anchor's new measurement as a check: its drift from ``level``, a lasting change of
+    level once the re-tries ran out, and the trials it marks for re-measurement."""
+    policy = rt.measurement
+    tps = m.decode_tps or 0.0
+    drift = tps / level - 1.0
+    drifted = abs(drift) > policy.drift_threshold
+    check = m.model_copy(update={"anchor_of": anchor_id, "drift": drift, "drifted": drifted})
+    if drifted and state.retries >= policy.anchor_retries:
+        # The re-tries ran out: the machine's speed changed for good. The new level is the
+        # machine's now, and the affected trials are measured again at it.
+        check = check.model_copy(update={"drifted": False, "level": tps, "level_changed": True})
+    if check.level_changed or (not drifted and state.retries):
+        marked = _affected(rt, state, level_changed=bool(check.level_changed))
+        check = check.model_copy(update={"marked": marked})
+    return check
+
+
+def _report_anchor(rt: RunRuntime, trial: TrialRecord, *, anchor_id: int, level: float) -> None:
+    """Say what the anchor check found: a failure, a drift to re-try, the trials it marked for
+    re-measurement (a ``drift`` mark), or a steady machine."""
+    policy = rt.measurement
     check = trial.metrics
     head = (
         f"anchor check (trial {anchor_id} measured again as trial {trial.trial_id}): decode "

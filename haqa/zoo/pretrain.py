@@ -147,6 +147,51 @@ def pack(token_docs: Iterable[list[int]], block_len: int) -> torch.Tensor:
     return torch.tensor(stream[: n * block_len], dtype=torch.long).view(n, block_len)
 
 
+def _optimizer(model: LlamaForCausalLM, spec: TinySpec) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices; none on the embeddings, norms and biases."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=spec.learning_rate,
+        betas=(0.9, 0.95),
+    )
+
+
+def _train_step(
+    model: LlamaForCausalLM,
+    opt: torch.optim.AdamW,
+    blocks: torch.Tensor,
+    gen: torch.Generator,
+    spec: TinySpec,
+    *,
+    step: int,
+    use_bf16: bool,
+) -> float:
+    """One optimiser step at the scheduled learning rate on a random batch of ``blocks`` (drawn
+    from ``gen``); returns its loss."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr_at(
+            step, total=spec.steps, warmup=spec.warmup_steps, peak=spec.learning_rate
+        )
+    idx = torch.randint(0, blocks.shape[0], (spec.batch_size,), generator=gen)
+    batch = blocks[idx]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def pretrain(
     model: LlamaForCausalLM,
     blocks: torch.Tensor,
@@ -157,16 +202,7 @@ def pretrain(
     import torch
 
     gen = torch.Generator().manual_seed(spec.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": spec.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=spec.learning_rate,
-        betas=(0.9, 0.95),
-    )
+    opt = _optimizer(model, spec)
     use_bf16 = bf16_autocast_helps()
     trial_threads = _thread_trials(spec)
     threads = set_torch_threads(trial_threads[0] if trial_threads else spec.threads)
@@ -180,19 +216,7 @@ def pretrain(
         trying = step // _THREAD_TRIAL_STEPS
         if trying < len(trial_threads) and step % _THREAD_TRIAL_STEPS == 0:
             threads = set_torch_threads(trial_threads[trying])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(
-                step, total=spec.steps, warmup=spec.warmup_steps, peak=spec.learning_rate
-            )
-        idx = torch.randint(0, blocks.shape[0], (spec.batch_size,), generator=gen)
-        batch = blocks[idx]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(_train_step(model, opt, blocks, gen, spec, step=step, use_bf16=use_bf16))
         if trying < len(trial_threads):
             if step % _THREAD_TRIAL_STEPS:  # the first step at a new count warms it up
                 step_s[threads].append(time.monotonic() - step_started)

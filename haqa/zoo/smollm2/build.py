@@ -314,69 +314,101 @@ def build(dest: Path, *, progress: Progress | None = None, reuse_model: bool = T
         _copy_license(work)
 
         _emit(progress, "text", text.SOURCE)
-        text_meta = text.write_texts(files.text)
-        tokens = {}
-        for name in (text.EVAL_FILE, text.CALIB_FILE):
-            tokens[name] = _count_tokens(files.hf, files.text / name)
-            text_meta[name]["tokens"] = tokens[name]
-        if tokens[text.EVAL_FILE] < MIN_EVAL_TOKENS:
-            raise HaqaError(
-                f"the evaluation text has {tokens[text.EVAL_FILE]} tokens, fewer than "
-                f"{MIN_EVAL_TOKENS}: this Python's pydoc_data is too short"
-            )
+        text_meta, tokens = _write_texts(files)
 
         _emit(progress, "tasks", f"{len(tasks.KINDS)} kinds")
         counts = tasks.write_tasks(files.tasks)
         secs = time.monotonic() - started
-        meta = {
-            "name": NAME,
-            "architecture": "LlamaForCausalLM",
-            "parameters": model_meta["parameters"],
-            "reference": "the shipped Q4_1 weights dequantized (F16 GGUF and float16 HF folder)",
-            "source": {
-                "package": f"{PACKAGE}=={PACKAGE_VERSION}",
-                "file": SHIPPED_FILE,
-                "sha256": SHIPPED_SHA256,
-                "upstream": UPSTREAM,
-                "license": LICENSE,
-            },
-            "model_recipe": model_recipe(),
-            "data_recipe": data_recipe(),
-            "model": model_meta,
-            "text": text_meta,
-            "tasks": {
-                "kinds": list(tasks.KINDS),
-                "splits": counts,
-                "reference_accuracy": {
-                    k: dict(zip(("accuracy", "low", "high", "n"), v, strict=True))
-                    for k, v in tasks.REFERENCE_ACCURACY.items()
-                },
-            },
-            "build_time_s": round(secs, 1),
-        }
+        meta = _metadata(model_meta, text_meta, counts, secs)
         files.metadata.write_text(json.dumps(meta, indent=2) + "\n")
-        (work / "README.md").write_text(
-            _README.format(
-                upstream=UPSTREAM,
-                license=LICENSE,
-                params_m=model_meta["parameters"] / 1e6,
-                package=PACKAGE,
-                version=PACKAGE_VERSION,
-                sha256=SHIPPED_SHA256,
-                dtype=HF_DTYPE,
-                eval_tokens=tokens[text.EVAL_FILE],
-                calib_tokens=tokens[text.CALIB_FILE],
-                text_source=text.SOURCE,
-                python=text_meta["python"],
-                text_license=text.LICENSE,
-                n_test=sum(counts["test"].values()),
-                accuracy_table=_accuracy_table(),
-                secs=secs,
-            )
-        )
+        (work / "README.md").write_text(_readme(model_meta, text_meta, tokens, counts, secs))
         replace_folder(work, dest)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     _emit(progress, "done", f"{time.monotonic() - started:.0f} s")
     return Files(dest).hf
+
+
+def _write_texts(files: Files) -> tuple[dict[str, Any], dict[str, int]]:
+    """Write the evaluation and calibration prose; their metadata (token counts included) and
+    token counts by file name. A HaqaError when the evaluation text is too short."""
+    from haqa.zoo.smollm2 import text
+
+    text_meta = text.write_texts(files.text)
+    tokens = {}
+    for name in (text.EVAL_FILE, text.CALIB_FILE):
+        tokens[name] = _count_tokens(files.hf, files.text / name)
+        text_meta[name]["tokens"] = tokens[name]
+    if tokens[text.EVAL_FILE] < MIN_EVAL_TOKENS:
+        raise HaqaError(
+            f"the evaluation text has {tokens[text.EVAL_FILE]} tokens, fewer than "
+            f"{MIN_EVAL_TOKENS}: this Python's pydoc_data is too short"
+        )
+    return text_meta, tokens
+
+
+def _metadata(
+    model_meta: dict[str, Any],
+    text_meta: dict[str, Any],
+    counts: dict[str, dict[str, int]],
+    secs: float,
+) -> dict[str, Any]:
+    """What the build's metadata file records: source, recipes, model, text, tasks and time."""
+    from haqa.zoo.smollm2 import tasks
+
+    return {
+        "name": NAME,
+        "architecture": "LlamaForCausalLM",
+        "parameters": model_meta["parameters"],
+        "reference": "the shipped Q4_1 weights dequantized (F16 GGUF and float16 HF folder)",
+        "source": {
+            "package": f"{PACKAGE}=={PACKAGE_VERSION}",
+            "file": SHIPPED_FILE,
+            "sha256": SHIPPED_SHA256,
+            "upstream": UPSTREAM,
+            "license": LICENSE,
+        },
+        "model_recipe": model_recipe(),
+        "data_recipe": data_recipe(),
+        "model": model_meta,
+        "text": text_meta,
+        "tasks": {
+            "kinds": list(tasks.KINDS),
+            "splits": counts,
+            "reference_accuracy": {
+                k: dict(zip(("accuracy", "low", "high", "n"), v, strict=True))
+                for k, v in tasks.REFERENCE_ACCURACY.items()
+            },
+        },
+        "build_time_s": round(secs, 1),
+    }
+
+
+def _readme(
+    model_meta: dict[str, Any],
+    text_meta: dict[str, Any],
+    tokens: dict[str, int],
+    counts: dict[str, dict[str, int]],
+    secs: float,
+) -> str:
+    """The build's README: what the model, text and tasks are, from ``_README``."""
+    from haqa.zoo.smollm2 import text
+
+    return _README.format(
+        upstream=UPSTREAM,
+        license=LICENSE,
+        params_m=model_meta["parameters"] / 1e6,
+        package=PACKAGE,
+        version=PACKAGE_VERSION,
+        sha256=SHIPPED_SHA256,
+        dtype=HF_DTYPE,
+        eval_tokens=tokens[text.EVAL_FILE],
+        calib_tokens=tokens[text.CALIB_FILE],
+        text_source=text.SOURCE,
+        python=text_meta["python"],
+        text_license=text.LICENSE,
+        n_test=sum(counts["test"].values()),
+        accuracy_table=_accuracy_table(),
+        secs=secs,
+    )
