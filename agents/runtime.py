@@ -17,6 +17,7 @@ from haqa.agents.brains.base import Brain, TrialView
 from haqa.agents.brains.expert import ExpertBrain
 from haqa.agents.routing import Budgets
 from haqa.goal import Goal
+from haqa.regression import GateSpec
 from haqa.schemas import MeasurementPolicy
 from haqa.space import SearchSpace
 from haqa.store import MessageRecord, Store, TrialRecord, TrialResult, search_trials
@@ -66,6 +67,8 @@ class RunRuntime:
     started_monotonic: float = field(default_factory=time.monotonic)
     seed: int = 0
     measurement: MeasurementPolicy = field(default_factory=MeasurementPolicy)
+    #: The regression gate (--baseline): checked after the answer, before the run finishes.
+    gate: GateSpec | None = None
     invalid_proposals: int = 0
     #: Proposals asked for per stage by this process (the brain's and the expert fallback's),
     #: held under ``brain_call_cap``.

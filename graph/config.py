@@ -9,7 +9,9 @@ from pydantic import Field, field_validator, model_validator
 
 from haqa.agents.brains import ALL_BRAINS
 from haqa.agents.routing import Budgets
+from haqa.errors import HaqaError
 from haqa.goal import Goal
+from haqa.regression import DEFAULT_LIMITS, RegressionLimits
 from haqa.schemas import FinetuneConfig, MeasurementPolicy, Strict
 
 BRAINS = ALL_BRAINS
@@ -87,6 +89,21 @@ class RunConfig(Strict):
         default_factory=MeasurementPolicy,
         description="benchmark repeats until steady; anchor re-measurement and drift",
     )
+    baseline: str | None = Field(
+        None,
+        description="a stored run (RUN or latest) whose answer this run's must not be worse "
+        "than (on the same hardware fingerprint)",
+    )
+    max_regression: str | None = Field(
+        None,
+        description=f"how much worse than the baseline it may be, e.g. {DEFAULT_LIMITS} "
+        "(default with --baseline)",
+    )
+    baseline_run: str | None = Field(
+        None,
+        description="the baseline as resolved when the run started (latest: the run it was "
+        "then), so a resume compares with the same run",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +134,20 @@ class RunConfig(Strict):
         if value not in BRAINS:
             raise ValueError(f"unknown brain {value!r}: use one of {', '.join(BRAINS)}")
         return value
+
+    @field_validator("max_regression")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        # Parsed with the config, so a typo fails before anything is built or measured.
+        return None if value is None else RegressionLimits.parse(value).describe()
+
+    def regression_limits(self) -> RegressionLimits | None:
+        """The gate's limits: None without a baseline."""
+        if self.baseline is None:
+            if self.max_regression is not None:
+                raise HaqaError("--max-regression needs --baseline RUN or --baseline latest")
+            return None
+        return RegressionLimits.parse(self.max_regression or DEFAULT_LIMITS)
 
     def parsed_goal(self) -> Goal:
         return Goal.parse(

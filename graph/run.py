@@ -20,6 +20,7 @@ from haqa.goal import Goal
 from haqa.graph.build import build_graph
 from haqa.graph.config import RunConfig
 from haqa.modelref import resolve_model
+from haqa.regression import GateSpec
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
 from haqa.trials.registry import reap_strays, registry_dir
@@ -168,11 +169,19 @@ def _runtime(
         on_event=on_event,
         control=control or RunControl(),
         seed=cfg.seed,
+        gate=_gate(cfg),
         # A recorded grid answers with its recorded measurements: there is no drift to watch.
         measurement=cfg.measurement.model_copy(update={"anchor_every": 0})
         if cfg.tabular
         else cfg.measurement,
     )
+
+
+def _gate(cfg: RunConfig) -> GateSpec | None:
+    limits = cfg.regression_limits()
+    if cfg.baseline is None or limits is None:
+        return None
+    return GateSpec(requested=cfg.baseline, baseline_run=cfg.baseline_run, limits=limits)
 
 
 def start_run(
@@ -186,6 +195,10 @@ def start_run(
 ) -> tuple[str, RunResult | None]:
     goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails before storing
+    if cfg.baseline is not None or cfg.max_regression is not None:
+        from haqa.graph.baseline import resolve_baseline
+
+        cfg = resolve_baseline(store, cfg, machine_fingerprint())
     record = store.create_run(
         model=cfg.model,
         brain=cfg.brain,

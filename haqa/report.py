@@ -118,18 +118,7 @@ def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
     rsds = sorted(t.metrics.decode_rsd for t in benched if t.metrics.decode_rsd is not None)
     lines = ["## Measurement stability", ""]
     if rsds:
-        target = policy.get("target_rsd")
-        over = [r for r in rsds if target is not None and r > target]
-        lines.append(
-            f"- decode tokens/s spread (stddev ÷ mean) over {len(rsds)} benchmarks: median "
-            f"{100 * rsds[len(rsds) // 2]:.1f}%, max {100 * rsds[-1]:.1f}%"
-            + (
-                f"; target {100 * target:g}% (repeats until met, at most "
-                f"{policy.get('max_repetitions')}), missed by {len(over)}"
-                if target is not None
-                else ""
-            )
-        )
+        lines.append(_spread_line(rsds, policy))
     anchors = [t for t in trials if t.role == "anchor"]
     if not anchors:
         lines += ["- anchor checks: none in this run", ""]
@@ -141,33 +130,61 @@ def _stability(run: RunRecord, trials: list[TrialRecord]) -> list[str]:
     ]
     for t in anchors:
         check = t.metrics
-        if t.status != "ok":
-            outcome = f"failed: {t.error}"
-        elif check.level_changed:
-            outcome = "lasting change: new level; marked " + _ids(check.marked)
-        elif check.drifted:
-            outcome = "drift: re-tried"
-        elif check.marked:
-            outcome = "steady again; marked " + _ids(check.marked)
-        else:
-            outcome = "steady"
         anchor_of = "-" if check.anchor_of is None else check.anchor_of
         lines.append(
             f"| {t.trial_id} | {anchor_of} | {_fmt(check.decode_tps)} | "
-            f"{'-' if check.drift is None else format(check.drift, '+.1%')} | {outcome} |"
+            f"{'-' if check.drift is None else format(check.drift, '+.1%')} | "
+            f"{_anchor_outcome(t)} |"
         )
+    return [*lines, *_remeasured_lines(trials), ""]
+
+
+def _spread_line(rsds: list[float], policy: dict[str, Any]) -> str:
+    """The median and largest decode spread of the benchmarks (``rsds`` sorted), and how many
+    missed the policy's target spread where it has one."""
+    target = policy.get("target_rsd")
+    over = [r for r in rsds if target is not None and r > target]
+    return (
+        f"- decode tokens/s spread (stddev ÷ mean) over {len(rsds)} benchmarks: median "
+        f"{100 * rsds[len(rsds) // 2]:.1f}%, max {100 * rsds[-1]:.1f}%"
+        + (
+            f"; target {100 * target:g}% (repeats until met, at most "
+            f"{policy.get('max_repetitions')}), missed by {len(over)}"
+            if target is not None
+            else ""
+        )
+    )
+
+
+def _anchor_outcome(t: TrialRecord) -> str:
+    """What an anchor check found: failure, a lasting change, a drift, or steady."""
+    check = t.metrics
+    if t.status != "ok":
+        return f"failed: {t.error}"
+    if check.level_changed:
+        return "lasting change: new level; marked " + _ids(check.marked)
+    if check.drifted:
+        return "drift: re-tried"
+    if check.marked:
+        return "steady again; marked " + _ids(check.marked)
+    return "steady"
+
+
+def _remeasured_lines(trials: list[TrialRecord]) -> list[str]:
+    """The trials measured again after a drift, each with its old and new decode speed."""
     again = [(t.remeasure_of, t) for t in trials if t.remeasure_of is not None]
-    if again:
-        by_id = {t.trial_id: t for t in trials}
-        lines += ["", "Measured again after drift (the new measurement replaces the old):", ""]
-        for old_id, t in again:
-            old = by_id.get(old_id)
-            before = old.metrics.decode_tps if old else None
-            lines.append(
-                f"- trial {old_id} → trial {t.trial_id}: decode "
-                f"{_fmt(before)} → {_fmt(t.metrics.decode_tps)} tok/s"
-            )
-    return [*lines, ""]
+    if not again:
+        return []
+    by_id = {t.trial_id: t for t in trials}
+    lines = ["", "Measured again after drift (the new measurement replaces the old):", ""]
+    for old_id, t in again:
+        old = by_id.get(old_id)
+        before = old.metrics.decode_tps if old else None
+        lines.append(
+            f"- trial {old_id} → trial {t.trial_id}: decode "
+            f"{_fmt(before)} → {_fmt(t.metrics.decode_tps)} tok/s"
+        )
+    return lines
 
 
 def _finals_note(result: dict[str, Any]) -> str:
@@ -220,43 +237,7 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
         "",
     ]
     if result.get("found"):
-        cfg = result.get("config") or {}
-        lines += [
-            "```json",
-            json.dumps(cfg, indent=2, sort_keys=True),
-            "```",
-            "",
-            f"- deployed accuracy: {_fmt(result.get('accuracy_validation'), '.3f')} (validation), "
-            f"{_fmt(result.get('accuracy_test'), '.3f')} (test); reference "
-            f"{_fmt(result.get('reference_accuracy'), '.3f')}, base model "
-            f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
-            f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
-            *_quality_lines(result),
-            f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
-            f"{_fmt(result.get('decode_tps'))} tok/s{_finals_note(result)}, peak memory "
-            f"{format_bytes(result.get('peak_mem_bytes'))}",
-            f"- roofline efficiency (decode bytes/s ÷ measured bandwidth): "
-            f"{_fmt(result.get('roofline_efficiency'), '.2f')}",
-            "",
-            "Speedup vs llama.cpp defaults on the same model (measured side by side):",
-            "",
-            "| baseline | decode | prefill |",
-            "|---|---|---|",
-        ]
-        for b in result.get("baselines", []):
-            q = b["quant_type"]
-            lines.append(
-                f"| {q} (trial {b['trial_id']}) | "
-                f"{_fmt(result.get('speedup_decode', {}).get(q), '.2f')}x | "
-                f"{_fmt(result.get('speedup_prefill', {}).get(q), '.2f')}x |"
-            )
-        lines += [
-            "",
-            "```sh",
-            str(result.get("llama_server_cmd")),
-            str(result.get("llama_cli_cmd")),
-            "```",
-        ]
+        lines += _answer_lines(result)
     else:
         lines.append(f"No configuration met the goal: {result.get('error', 'run did not finish')}")
     lines += ["", "## Hardware brief", "", str(brief.get("text", "(none)")), ""]
@@ -273,6 +254,64 @@ def render(run: RunRecord, trials: list[TrialRecord], plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
+
+
+def _answer_lines(result: dict[str, Any]) -> list[str]:
+    """The answer of a run that found one: its configuration, accuracy, speed, the speedups over
+    llama.cpp's defaults and the ready command lines."""
+    cfg = result.get("config") or {}
+    return [
+        "```json",
+        json.dumps(cfg, indent=2, sort_keys=True),
+        "```",
+        "",
+        f"- deployed accuracy: {_fmt(result.get('accuracy_validation'), '.3f')} (validation), "
+        f"{_fmt(result.get('accuracy_test'), '.3f')} (test); reference "
+        f"{_fmt(result.get('reference_accuracy'), '.3f')}, base model "
+        f"{_fmt(result.get('base_accuracy'), '.3f')}, fine-tuned "
+        f"{_fmt(result.get('finetuned_accuracy'), '.3f')}",
+        *_quality_lines(result),
+        f"- prefill {_fmt(result.get('prefill_tps'))} tok/s, decode "
+        f"{_fmt(result.get('decode_tps'))} tok/s{_finals_note(result)}, peak memory "
+        f"{format_bytes(result.get('peak_mem_bytes'))}",
+        f"- roofline efficiency (decode bytes/s ÷ measured bandwidth): "
+        f"{_fmt(result.get('roofline_efficiency'), '.2f')}",
+        *_gate_lines(result),
+        "",
+        *_speedup_table(result),
+        "",
+        "```sh",
+        str(result.get("llama_server_cmd")),
+        str(result.get("llama_cli_cmd")),
+        "```",
+    ]
+
+
+def _gate_lines(result: dict[str, Any]) -> list[str]:
+    """The regression gate's verdict, when the run had a baseline."""
+    if not result.get("regression"):
+        return []
+    from haqa.regression import RegressionReport
+
+    return [f"- {RegressionReport.model_validate(result['regression']).reason()}"]
+
+
+def _speedup_table(result: dict[str, Any]) -> list[str]:
+    """The answer's decode and prefill speedup over each llama.cpp default it was raced with."""
+    lines = [
+        "Speedup vs llama.cpp defaults on the same model (measured side by side):",
+        "",
+        "| baseline | decode | prefill |",
+        "|---|---|---|",
+    ]
+    for b in result.get("baselines", []):
+        q = b["quant_type"]
+        lines.append(
+            f"| {q} (trial {b['trial_id']}) | "
+            f"{_fmt(result.get('speedup_decode', {}).get(q), '.2f')}x | "
+            f"{_fmt(result.get('speedup_prefill', {}).get(q), '.2f')}x |"
+        )
+    return lines
 
 
 def write_report(store: Store, run_id: str, out_dir: Path) -> Path:

@@ -69,6 +69,23 @@ class Knob(BaseModel):
             raise bad
         return int(value) if self.kind == "int" else float(value)
 
+    def nearest(self, value: Any) -> Scalar:
+        """The allowed value closest to ``value`` (itself when allowed): a number is clamped or
+        moved to the nearest numeric choice; anything else falls back to the knob's default."""
+        try:
+            return self.check(value)
+        except HaqaError:
+            pass
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind in ("int", "float") and number and self.low is not None:
+            clamped = min(max(value, self.low), self.high if self.high is not None else value)
+            return round(clamped) if self.kind == "int" else float(clamped)
+        numeric = [c for c in self.choices or () if isinstance(c, int | float)]
+        numeric = [c for c in numeric if not isinstance(c, bool)]
+        if self.kind == "categorical" and number and numeric:
+            return min(numeric, key=lambda c: abs(c - value))
+        return self.default
+
 
 def _fmt(x: float | None) -> str:
     if x is None:
@@ -99,6 +116,13 @@ class SearchSpace(BaseModel):
     def defaults(self) -> dict[str, Scalar]:
         return {k.name: k.default for k in self.knobs}
 
+    def within(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with each knob of this space moved onto what it allows (``Knob.nearest``);
+        keys that are not knobs here pass through. Hardware defaults meet a narrowed space this
+        way (a recorded grid that fixes prompt threads at 1 on a 2-core machine)."""
+        names = set(self.names)
+        return {k: self.knob(k).nearest(v) if k in names else v for k, v in values.items()}
+
     def validate_config(self, proposal: Mapping[str, Any]) -> dict[str, Scalar]:
         """Checked values for the knobs named in ``proposal``; the first bad knob raises."""
         return {name: self.knob(name).check(value) for name, value in proposal.items()}
@@ -115,83 +139,84 @@ class SearchSpace(BaseModel):
         return self.model_copy(update={"knobs": tuple(knobs)})
 
 
+#: The knobs of ``finetune_space``, before a model's own recipe replaces their defaults.
+_FINETUNE_KNOBS = (
+    Knob(
+        name="learning_rate",
+        kind="float",
+        low=1e-5,
+        high=1e-1,
+        log=True,
+        default=2e-4,
+        description="peak AdamW learning rate; the knob that matters most",
+    ),
+    Knob(
+        name="lora_r",
+        kind="categorical",
+        choices=(2, 4, 8, 16, 32),
+        default=8,
+        description="LoRA rank: capacity of the adapter",
+    ),
+    Knob(
+        name="lora_alpha",
+        kind="categorical",
+        choices=(4, 8, 16, 32, 64),
+        default=16,
+        description="LoRA alpha; the update is scaled by alpha/r",
+    ),
+    Knob(
+        name="lora_dropout",
+        kind="float",
+        low=0.0,
+        high=0.3,
+        default=0.0,
+        description="dropout on the adapter input",
+    ),
+    Knob(
+        name="max_steps",
+        kind="int",
+        low=10,
+        high=2000,
+        log=True,
+        default=120,
+        description="optimiser steps",
+    ),
+    Knob(
+        name="batch_size",
+        kind="categorical",
+        choices=(4, 8, 16, 32),
+        default=8,
+        description="examples per micro-batch",
+    ),
+    Knob(
+        name="quant",
+        kind="categorical",
+        choices=("nf4", "fp4", "int8"),
+        default="nf4",
+        description="bitsandbytes type of the frozen base weights",
+    ),
+    Knob(
+        name="double_quant",
+        kind="bool",
+        default=True,
+        description="quantize the 4-bit scales too",
+    ),
+    Knob(
+        name="warmup_ratio",
+        kind="float",
+        low=0.0,
+        high=0.3,
+        default=0.05,
+        description="share of steps spent warming up the learning rate",
+    ),
+)
+
+
 def finetune_space(defaults: Mapping[str, Any] | None = None) -> SearchSpace:
     """QLoRA hyper-parameters worth tuning, with ranges a practitioner would search. The
     defaults are QLoRA's recipe for a pretrained model (``FinetuneConfig``'s); ``defaults``
     replaces those a model's own recipe sets (the tiny zoo model's, a run's explicit settings)."""
-    space = SearchSpace(
-        stage="finetune",
-        knobs=(
-            Knob(
-                name="learning_rate",
-                kind="float",
-                low=1e-5,
-                high=1e-1,
-                log=True,
-                default=2e-4,
-                description="peak AdamW learning rate; the knob that matters most",
-            ),
-            Knob(
-                name="lora_r",
-                kind="categorical",
-                choices=(2, 4, 8, 16, 32),
-                default=8,
-                description="LoRA rank: capacity of the adapter",
-            ),
-            Knob(
-                name="lora_alpha",
-                kind="categorical",
-                choices=(4, 8, 16, 32, 64),
-                default=16,
-                description="LoRA alpha; the update is scaled by alpha/r",
-            ),
-            Knob(
-                name="lora_dropout",
-                kind="float",
-                low=0.0,
-                high=0.3,
-                default=0.0,
-                description="dropout on the adapter input",
-            ),
-            Knob(
-                name="max_steps",
-                kind="int",
-                low=10,
-                high=2000,
-                log=True,
-                default=120,
-                description="optimiser steps",
-            ),
-            Knob(
-                name="batch_size",
-                kind="categorical",
-                choices=(4, 8, 16, 32),
-                default=8,
-                description="examples per micro-batch",
-            ),
-            Knob(
-                name="quant",
-                kind="categorical",
-                choices=("nf4", "fp4", "int8"),
-                default="nf4",
-                description="bitsandbytes type of the frozen base weights",
-            ),
-            Knob(
-                name="double_quant",
-                kind="bool",
-                default=True,
-                description="quantize the 4-bit scales too",
-            ),
-            Knob(
-                name="warmup_ratio",
-                kind="float",
-                low=0.0,
-                high=0.3,
-                default=0.05,
-                description="share of steps spent warming up the learning rate",
-            ),
-        ),
-    )
+    space = SearchSpace(stage="finetune", knobs=_FINETUNE_KNOBS)
     if not defaults:
         return space
     knobs = []
@@ -208,77 +233,77 @@ def finetune_space(defaults: Mapping[str, Any] | None = None) -> SearchSpace:
 DEPLOY_QUANT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K")
 
 
+#: The deployment knob that picks the GGUF weight type.
+_QUANT_TYPE_KNOB = Knob(
+    name="quant_type",
+    kind="categorical",
+    choices=DEPLOY_QUANT_TYPES,
+    default="Q4_K_M",
+    description="GGUF weight type: bytes read per token vs accuracy",
+)
+
+#: The deployment knobs after the thread counts: batching, attention and the KV cache.
+_BATCH_AND_CACHE_KNOBS = (
+    Knob(
+        name="n_batch",
+        kind="categorical",
+        choices=(128, 256, 512, 1024, 2048),
+        default=2048,
+        description="logical batch for prompt processing",
+    ),
+    Knob(
+        name="n_ubatch",
+        kind="categorical",
+        choices=(32, 64, 128, 256, 512),
+        default=512,
+        description="physical batch per compute graph",
+    ),
+    Knob(
+        name="flash_attn",
+        kind="bool",
+        default=False,
+        description="fused attention; needed for a quantized V cache",
+    ),
+    Knob(
+        name="type_k",
+        kind="categorical",
+        choices=("f16", "q8_0", "q4_0"),
+        default="f16",
+        description="KV-cache K type",
+    ),
+    Knob(
+        name="type_v",
+        kind="categorical",
+        choices=("f16", "q8_0", "q4_0"),
+        default="f16",
+        description="KV-cache V type (quantized needs flash_attn)",
+    ),
+)
+
+
+def _thread_knobs(threads: tuple[int, ...]) -> tuple[Knob, Knob]:
+    """The generation and prompt-processing thread knobs, each defaulting to the most threads."""
+    return (
+        Knob(
+            name="n_threads",
+            kind="categorical",
+            choices=threads,
+            default=threads[-1],
+            description="threads for generation (decode is bandwidth-bound)",
+        ),
+        Knob(
+            name="n_threads_batch",
+            kind="categorical",
+            choices=threads,
+            default=threads[-1],
+            description="threads for prompt processing (compute-bound)",
+        ),
+    )
+
+
 def deploy_space(logical_cores: int | None = None) -> SearchSpace:
     """llama.cpp deployment knobs; threads are bounded by the target machine's logical cores."""
     cores = logical_cores or 64
     threads = tuple(sorted({1, 2, 4, 8, 16, 32, 64, cores} & set(range(1, cores + 1))))
-    return SearchSpace(
-        stage="deploy",
-        knobs=(
-            Knob(
-                name="quant_type",
-                kind="categorical",
-                choices=(
-                    "F16",
-                    "Q8_0",
-                    "Q6_K",
-                    "Q5_K_M",
-                    "Q4_K_M",
-                    "Q4_0",
-                    "IQ4_NL",
-                    "Q3_K_M",
-                    "Q2_K",
-                ),
-                default="Q4_K_M",
-                description="GGUF weight type: bytes read per token vs accuracy",
-            ),
-            Knob(
-                name="n_threads",
-                kind="categorical",
-                choices=threads,
-                default=threads[-1],
-                description="threads for generation (decode is bandwidth-bound)",
-            ),
-            Knob(
-                name="n_threads_batch",
-                kind="categorical",
-                choices=threads,
-                default=threads[-1],
-                description="threads for prompt processing (compute-bound)",
-            ),
-            Knob(
-                name="n_batch",
-                kind="categorical",
-                choices=(128, 256, 512, 1024, 2048),
-                default=2048,
-                description="logical batch for prompt processing",
-            ),
-            Knob(
-                name="n_ubatch",
-                kind="categorical",
-                choices=(32, 64, 128, 256, 512),
-                default=512,
-                description="physical batch per compute graph",
-            ),
-            Knob(
-                name="flash_attn",
-                kind="bool",
-                default=False,
-                description="fused attention; needed for a quantized V cache",
-            ),
-            Knob(
-                name="type_k",
-                kind="categorical",
-                choices=("f16", "q8_0", "q4_0"),
-                default="f16",
-                description="KV-cache K type",
-            ),
-            Knob(
-                name="type_v",
-                kind="categorical",
-                choices=("f16", "q8_0", "q4_0"),
-                default="f16",
-                description="KV-cache V type (quantized needs flash_attn)",
-            ),
-        ),
-    )
+    knobs = (_QUANT_TYPE_KNOB, *_thread_knobs(threads), *_BATCH_AND_CACHE_KNOBS)
+    return SearchSpace(stage="deploy", knobs=knobs)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.grid import tiny_grid  # noqa: F401
 from support.zoo import tiny_build, tiny_home, tiny_model  # noqa: F401
 
 from haqa.store import Store

@@ -18,33 +18,16 @@ from haqa.agents.routing import Budgets
 from haqa.cli import main
 from haqa.errors import HaqaError
 from haqa.graph.config import RunConfig
-from haqa.graph.run import prepare, start_run
-from haqa.harness.grid import record_grid
+from haqa.graph.run import start_run
 from haqa.store import Store
-from haqa.trials.toolbox import LiveToolbox
 
 pytestmark = pytest.mark.slow
 
-SPACE = {
-    "quant_type": ["F16", "Q8_0", "Q4_0"],
-    "n_threads": [1],
-    "n_threads_batch": [1],
-    "n_ubatch": [512],
-    "flash_attn": [False, True],
-}
-
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory, tiny_home: Path) -> tuple[Path, str]:
-    db = tmp_path_factory.mktemp("grid") / "haqa.duckdb"
-    store = Store(db)
-    cfg = RunConfig(model="zoo:tiny", eval_limit=10, n_prompt=16, n_gen=4, repetitions=1)
-    _, settings, _ = prepare(cfg)
-    record = record_grid(
-        store, LiveToolbox(settings), settings, model="zoo:tiny", speed_model=None,
-        space=SPACE, repeats=2,
-    )  # fmt: skip
-    return db, record.grid_id
+def grid(tiny_grid: tuple[Path, str]) -> tuple[Path, str]:
+    """The session's recorded tiny grid (``support.grid``)."""
+    return tiny_grid
 
 
 def test_the_grid_holds_every_combination_and_repeat(grid: tuple[Path, str]) -> None:

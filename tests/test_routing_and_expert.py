@@ -266,3 +266,19 @@ def test_expert_reaches_the_safer_types_before_it_gives_up() -> None:
     assert proposed, "finished with budget left and the safer types untried"
     assert all(BITS_PER_WEIGHT[q] > BITS_PER_WEIGHT["Q4_K_M"] for q in proposed), proposed
     assert "Q8_0" in proposed and "Q6_K" in proposed, proposed
+
+
+def test_hardware_defaults_meet_a_narrowed_space() -> None:
+    """A recorded grid can fix a knob at a value the hardware default is not (prompt threads 2
+    on a 2-core machine, recorded with -t 1); the tuner's defaults are moved onto the space, or
+    every proposal built on them is invalid and the run measures nothing."""
+    space = deploy_space(2).restrict(
+        quant_type=["F16", "Q8_0"], n_threads=[1], n_threads_batch=[2], n_ubatch=[512]
+    )
+    defaults = {"quant_type": "Q4_K_M", **hardware_defaults({"physical_cores": 2}, 2)}
+    moved = space.within(defaults)
+    assert moved["n_threads"] == 1 and moved["n_threads_batch"] == 2
+    assert moved["quant_type"] in ("F16", "Q8_0") and moved["n_batch"] == 2048
+    space.validate_config(moved)  # every knob now allowed
+    full = deploy_space(2)
+    assert full.within(defaults) == defaults  # a live run's defaults are unchanged

@@ -210,7 +210,9 @@ def test_what_kind_of_trial_it_is_is_typed(store: Store) -> None:
     assert superseded(store.list_trials(run.run_id)) == {search.trial_id}
     current = search_trials(store.list_trials(run.run_id), "deploy")
     assert [t.trial_id for t in current] == [again.trial_id, repeat.trial_id]
-    assert set(TRIAL_ROLES) == {"base", "reference", "anchor", "baseline", "final", "test"}
+    assert set(TRIAL_ROLES) == {
+        *("base", "reference", "anchor", "baseline", "final", "test", "regression")
+    }
     with pytest.raises(ValueError, match="unknown trial role 'anchr'"):
         _trial(role="anchr")
     with pytest.raises(ValueError, match="remeasure_of must be a trial number"):

@@ -32,7 +32,7 @@ from haqa.errors import HaqaError
 from haqa.procs import child_env
 from haqa.schemas import DeployConfig, FinetuneConfig, RuntimeSettings, TrialMetrics
 from haqa.trials.registry import reap_strays, register, registry_dir, unregister
-from haqa.trials.toolbox import ToolboxSettings
+from haqa.trials.toolbox import LiveToolbox, ToolboxSettings
 
 ARG_TYPES: dict[str, type[BaseModel]] = {
     "FinetuneConfig": FinetuneConfig,
@@ -118,6 +118,15 @@ class IsolatedToolbox:
         # Default: most of this machine's RAM, so a runaway trial cannot take the machine down.
         self.memory_limit_bytes = memory_limit_bytes or int(psutil.virtual_memory().total * 0.9)
         self.factory = factory
+        self._estimator: LiveToolbox | None = None
+
+    @property
+    def estimator(self) -> LiveToolbox:
+        """One in-process toolbox for the memory gate's estimates, so what they read once (the
+        longest training example, tokenized) is read once per run, not once per gate check."""
+        if self._estimator is None:
+            self._estimator = LiveToolbox(self.settings)
+        return self._estimator
 
     def _call(self, method: str, *args: Any) -> Any:
         # No trial measures beside a stray of a dead run on this store (a killed run's trial).
@@ -217,13 +226,12 @@ class IsolatedToolbox:
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         return TrialMetrics.model_validate(self._call("final_test", config, adapter))
 
+    def measure_gguf(self, gguf: str, config: DeployConfig) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("measure_gguf", gguf, config))
+
     # The memory gate's estimates read file headers only: cheap and safe in-process.
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
-        from haqa.trials.toolbox import LiveToolbox
-
-        return LiveToolbox(self.settings).estimate_deploy(config)
+        return self.estimator.estimate_deploy(config)
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
-        from haqa.trials.toolbox import LiveToolbox
-
-        return LiveToolbox(self.settings).estimate_finetune(config)
+        return self.estimator.estimate_finetune(config)

@@ -130,6 +130,11 @@ class TabularToolbox:
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         return TrialMetrics(accuracy=self.first_repeat(config).test_accuracy or 0.0)
 
+    def measure_gguf(self, gguf: str, config: DeployConfig) -> TrialMetrics:
+        """The grid's next recording of this configuration: a grid is one model's, so the file
+        is named by its quant type."""
+        return TrialMetrics.from_stored(self._next(config))
+
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
         return {"total_bytes": self.first_repeat(config).predicted_peak_mem_bytes or 0}
 

@@ -79,6 +79,11 @@ class Toolbox(Protocol):
 
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics: ...
 
+    def measure_gguf(self, gguf: str, config: DeployConfig) -> TrialMetrics:
+        """A GGUF file as ``config`` deploys it (a stored run's answer, for the regression
+        gate): speed, peak memory and, for the model the run scores, validation accuracy."""
+        ...
+
 
 class LiveToolbox:
     """Runs the real tools in this process."""
@@ -218,21 +223,24 @@ class LiveToolbox:
         kv = kv_cache or KvCacheSettings()
         key = (adapter, quant_type, kv)
         if key not in self._accuracy_by_quant:
-            gguf = self._gguf(adapter, quant_type)
-            cache = self._eval_cache_path(gguf, self.s.validation_files, kv)
-            stored = json.loads(cache.read_text()) if cache.is_file() else {}
-            if "correct" in stored:  # an entry written before answers were kept is scored again
-                scored = TrialMetrics(accuracy=stored["accuracy"], correct=stored["correct"])
-            else:
-                scored = self._evaluate(gguf, None, self.s.validation_files, kv)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"accuracy": scored.accuracy, "correct": scored.correct}))
-                tmp.replace(cache)
-            self._accuracy_by_quant[key] = TrialMetrics(
-                accuracy=scored.accuracy, correct=scored.correct
+            self._accuracy_by_quant[key] = self._validation_answers(
+                self._gguf(adapter, quant_type), kv
             )
         return self._accuracy_by_quant[key]
+
+    def _validation_answers(self, gguf: Path, kv: KvCacheSettings) -> TrialMetrics:
+        """Validation accuracy and answers of this GGUF with this cache, from the disk cache
+        when it was scored before (by any run)."""
+        cache = self._eval_cache_path(gguf, self.s.validation_files, kv)
+        stored = json.loads(cache.read_text()) if cache.is_file() else {}
+        if "correct" in stored:  # an entry written before answers were kept is scored again
+            return TrialMetrics(accuracy=stored["accuracy"], correct=stored["correct"])
+        scored = self._evaluate(gguf, None, self.s.validation_files, kv)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"accuracy": scored.accuracy, "correct": scored.correct}))
+        tmp.replace(cache)
+        return TrialMetrics(accuracy=scored.accuracy, correct=scored.correct)
 
     def _eval_cache_path(
         self, gguf: Path, files: list[Path], kv_cache: KvCacheSettings | None = None
@@ -298,6 +306,18 @@ class LiveToolbox:
 
     def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
         return self._benchmark(self._speed_gguf(None, quant_type), runtime)
+
+    def measure_gguf(self, gguf: str, config: DeployConfig) -> TrialMetrics:
+        """Speed and memory of the file as deployed; its validation accuracy too unless speed is
+        measured on a separate model (then the file is that model's, not the scored one's)."""
+        path = Path(gguf)
+        if not path.is_file():
+            raise HaqaError(f"{gguf}: the GGUF file is gone; nothing to measure")
+        speed = self._benchmark(path, config.runtime)
+        if self.s.speed_model is not None:
+            return speed
+        scored = self._validation_answers(path, KvCacheSettings.deployed(config.runtime))
+        return speed.model_copy(update={"accuracy": scored.accuracy, "correct": scored.correct})
 
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         """The answer's accuracy on the test split and, where the run has held-out prose, its

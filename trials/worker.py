@@ -41,6 +41,7 @@ def _method(toolbox: Toolbox, name: str) -> Callable[..., Any]:
         "deploy": toolbox.deploy,
         "baseline": toolbox.baseline,
         "final_test": toolbox.final_test,
+        "measure_gguf": toolbox.measure_gguf,
     }
     if name not in methods:
         raise ValueError(f"unknown toolbox method {name!r}: one of {', '.join(methods)}")

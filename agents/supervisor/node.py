@@ -2,7 +2,8 @@
 
 Routing reads the stage marks from the trace (so a resumed run continues where it stopped);
 finishing measures llama.cpp's defaults on the same model (F16 and Q4_K_M, the usual hand choice)
-for the speedup, scores the chosen deployment on the held-out test split, and stores the result.
+for the speedup, scores the chosen deployment on the held-out test split, checks the regression
+gate when the run has a baseline, and stores the result.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from haqa.agents.routing import next_route
 from haqa.agents.runtime import ROLE_SUPERVISOR, RunRuntime
+from haqa.agents.supervisor.regression import regression_gate
 from haqa.agents.supervisor.result import RunResult, build_result
 
 
@@ -42,6 +44,9 @@ def supervisor_step(rt: RunRuntime) -> dict[str, Any]:
 
 def finish_step(rt: RunRuntime) -> dict[str, Any]:
     result: RunResult = build_result(rt)
+    if rt.gate is not None and result.found:
+        report = regression_gate(rt, rt.gate, result)
+        result = result.model_copy(update={"regression": report})
     rt.say(
         "supervisor",
         ROLE_SUPERVISOR,

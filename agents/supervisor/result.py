@@ -11,8 +11,9 @@ from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
 from haqa.agents.search_step import run_trial
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
+from haqa.regression import RegressionReport
 from haqa.schemas import DeployConfig, RuntimeSettings
-from haqa.stats import compare_paired, resolution_statement
+from haqa.stats import compare_paired, resolution_statement, wilson_interval
 from haqa.store import TrialRecord
 
 #: The quant types llama.cpp users deploy without tuning: the speedup is reported against both.
@@ -66,6 +67,18 @@ class RunResult(BaseModel):
     accuracy_resolution: str | None = Field(
         None, description="set when the goal's tolerance is finer than the questions resolve"
     )
+    accuracy_interval: tuple[float, float] | None = Field(
+        None, description="95% Wilson interval of the validation accuracy"
+    )
+    accuracy_test_interval: tuple[float, float] | None = Field(
+        None, description="95% Wilson interval of the test accuracy"
+    )
+    decode_spread: float | None = Field(
+        None,
+        description="relative spread of decode tokens/s: (max - min) / mean of the answer's "
+        "final rounds, or its benchmark's relative standard deviation",
+    )
+    prefill_spread: float | None = Field(None, description="the same for prefill tokens/s")
     roofline_efficiency: float | None = None
     objective: float | None = None
     baselines: list[Baseline] = Field(default_factory=list)
@@ -82,6 +95,9 @@ class RunResult(BaseModel):
     rejected_trials: int = 0
     failed_trials: int = 0
     stop_reasons: dict[str, str] = Field(default_factory=dict)
+    regression: RegressionReport | None = Field(
+        None, description="the regression gate's verdict (--baseline), when one was asked for"
+    )
 
     def headline(self) -> str:
         if not self.found or self.config is None:
@@ -281,6 +297,20 @@ def _measure_baselines(rt: RunRuntime) -> list[tuple[Baseline, TrialRecord]]:
     return out
 
 
+def _measured_with(rt: RunRuntime, quant: str, config: dict[str, Any]) -> TrialRecord | None:
+    """The search trial that measured these weights with this K/V cache (its accuracy and
+    answers are what any configuration of the same weights and cache would score)."""
+    cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
+    for t in rt.trials("deploy"):
+        if not (t.is_search and t.status == "ok" and t.config.get("quant_type") == quant):
+            continue
+        if (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) != cache:
+            continue
+        if t.metrics.accuracy is not None:
+            return t
+    return None
+
+
 def _baseline_accuracy(
     rt: RunRuntime, quant: str, reference: float | None, config: dict[str, Any]
 ) -> float | None:
@@ -289,15 +319,8 @@ def _baseline_accuracy(
     search measured it (an unmeasured default cannot be said to meet the goal)."""
     if quant == "F16":
         return reference
-    cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
-    for t in rt.trials("deploy"):
-        if not (t.is_search and t.status == "ok" and t.config.get("quant_type") == quant):
-            continue
-        if (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) != cache:
-            continue
-        if t.metrics.accuracy is not None:
-            return t.metrics.accuracy
-    return None
+    trial = _measured_with(rt, quant, config)
+    return trial.metrics.accuracy if trial else None
 
 
 def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entrant]:
@@ -342,33 +365,58 @@ def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entr
     return out
 
 
-def _paired(rt: RunRuntime, cfg: DeployConfig, config: dict[str, Any]) -> dict[str, str | None]:
-    """The answer's validation answers against the reference's, question by question, and the
-    plain statement when the goal's tolerance is finer than those questions resolve."""
-    trials = rt.trials("deploy")
-    ref = next((t.metrics.correct for t in trials if t.role == "reference"), None)
-    cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
-    mine = (
-        ref
-        if cfg.quant_type == "F16" and cache == ("f16", "f16")
-        else next(
-            (
-                t.metrics.correct
-                for t in trials
-                if t.is_search
-                and t.metrics.correct
-                and t.config.get("quant_type") == cfg.quant_type
-                and (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) == cache
-            ),
-            None,
-        )
-    )
+def _validation_answers(rt: RunRuntime, cfg: DeployConfig, config: dict[str, Any]) -> str | None:
+    """The answer's validation answers, question by question (the reference's for F16 with an
+    f16 cache, else those of the search trial that measured its weights and cache)."""
+    ref = next((t.metrics.correct for t in rt.trials("deploy") if t.role == "reference"), None)
+    if cfg.quant_type == "F16" and (cfg.type_k, cfg.type_v) == ("f16", "f16"):
+        return ref
+    trial = _measured_with(rt, cfg.quant_type, config)
+    return trial.metrics.correct if trial else None
+
+
+def _disagreement(rt: RunRuntime, ref: str) -> float:
+    """The largest share of questions on which a measured deployment answered otherwise than
+    the reference: what the paired comparisons of this run actually face (10% when none)."""
+    shares = [
+        sum(a != b for a, b in zip(ref, t.metrics.correct, strict=True)) / len(ref)
+        for t in rt.trials("deploy")
+        if t.is_search and t.metrics.correct and len(t.metrics.correct) == len(ref)
+    ]
+    return max(shares) if shares and max(shares) > 0 else 0.1
+
+
+def _paired(rt: RunRuntime, cfg: DeployConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """The answer's validation answers against the reference's, question by question, the
+    accuracy's 95% interval, and the plain statement when the goal's tolerance is finer than
+    those questions resolve (at the disagreement this run measured)."""
+    ref = next((t.metrics.correct for t in rt.trials("deploy") if t.role == "reference"), None)
+    mine = _validation_answers(rt, cfg, config)
+    out: dict[str, Any] = {}
+    if mine:
+        out["accuracy_interval"] = wilson_interval(mine.count("1"), len(mine))
     if not ref or not mine or len(ref) != len(mine):
-        return {}
+        return out
     return {
+        **out,
         "accuracy_vs_reference": compare_paired(ref, mine).summary(),
-        "accuracy_resolution": resolution_statement(len(ref), rt.goal.max_accuracy_drop),
+        "accuracy_resolution": resolution_statement(
+            len(ref), rt.goal.max_accuracy_drop, _disagreement(rt, ref)
+        ),
     }
+
+
+def _spreads(race: _Race, winning_trial: TrialRecord, chosen: bool) -> dict[str, float | None]:
+    """How far the winner's speed figures moved: the relative spread of the search's choice's
+    final rounds, or the benchmark's own relative standard deviation (one round, a default)."""
+    finals = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
+    m = winning_trial.metrics
+    if chosen and len(finals) >= 2:
+        return {
+            "decode_spread": spread([f.decode_tps for f in finals]),
+            "prefill_spread": spread([f.prefill_tps for f in finals]),
+        }
+    return {"decode_spread": m.decode_rsd, "prefill_spread": m.prefill_rsd}
 
 
 def _answer(
@@ -381,31 +429,11 @@ def _answer(
     """The winner of the race, its test accuracy, speedups and command lines."""
     won = race.winner or race.entrants[0]
     chosen = won is race.entrants[0]
-    winning_trial = race.chosen
-    if not chosen:
-        winning_trial = next(t for _, t in race.baselines if t.trial_id in won.trial_ids)
+    winning_trial = _winning_trial(race, won, chosen)
     cfg = DeployConfig.model_validate(won.config)
-    finals = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
+    decode, prefill = _winner_speeds(race, winning_trial, chosen)
+    test_trial = _final_test(rt, cfg, adapter)
     m = race.chosen.metrics
-    if chosen:
-        decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
-        prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
-    else:
-        decode, prefill = winning_trial.metrics.decode_tps, winning_trial.metrics.prefill_tps
-    test_trial = run_trial(
-        rt,
-        agent="supervisor",
-        stage="deploy",
-        tool="evaluate",
-        config={
-            "role": "test",
-            "quant_type": cfg.quant_type,
-            "type_k": cfg.type_k,
-            "type_v": cfg.type_v,
-            "adapter": adapter,
-        },
-        work=lambda: rt.toolbox.final_test(cfg, adapter),
-    )
     gguf = winning_trial.metrics.gguf or m.gguf or f"model-{cfg.quant_type}.gguf"
     server, cli = commands(gguf, cfg)
     baselines = [b for b, _ in race.baselines]
@@ -432,19 +460,71 @@ def _answer(
             "perplexity": test_trial.metrics.perplexity,
             "reference_perplexity": test_trial.metrics.reference_perplexity,
             **_paired(rt, cfg, won.config),
+            **_spreads(race, winning_trial, chosen),
+            "accuracy_test_interval": _interval(test_trial.metrics.correct),
             "roofline_efficiency": winning_trial.metrics.roofline_efficiency,
             "objective": search_objective if chosen else won.objective,
             "baselines": baselines,
             "race_winner": won.name,
-            "speedup_decode": {
-                b.quant_type: decode / b.decode_tps for b in baselines if decode and b.decode_tps
-            },
-            "speedup_prefill": {
-                b.quant_type: prefill / b.prefill_tps
-                for b in baselines
-                if prefill and b.prefill_tps
-            },
+            **_speedups(baselines, decode, prefill),
             "llama_server_cmd": server,
             "llama_cli_cmd": cli,
         }
     )
+
+
+def _interval(correct: str | None) -> tuple[float, float] | None:
+    return wilson_interval(correct.count("1"), len(correct)) if correct else None
+
+
+def _winning_trial(race: _Race, won: Entrant, chosen: bool) -> TrialRecord:
+    """The trial behind the race's winner: the search's choice, or the baseline it ran."""
+    if chosen:
+        return race.chosen
+    return next(t for _, t in race.baselines if t.trial_id in won.trial_ids)
+
+
+def _winner_speeds(
+    race: _Race, winning_trial: TrialRecord, chosen: bool
+) -> tuple[float | None, float | None]:
+    """The winner's decode and prefill speeds: for the search's choice the mean of its final
+    rounds (its search figure where none measured), for a baseline what its trial measured."""
+    if not chosen:
+        return winning_trial.metrics.decode_tps, winning_trial.metrics.prefill_tps
+    finals = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
+    m = race.chosen.metrics
+    decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
+    prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
+    return decode, prefill
+
+
+def _final_test(rt: RunRuntime, cfg: DeployConfig, adapter: str | None) -> TrialRecord:
+    """The winner's accuracy on the test split, recorded as the run's ``test`` trial."""
+    return run_trial(
+        rt,
+        agent="supervisor",
+        stage="deploy",
+        tool="evaluate",
+        config={
+            "role": "test",
+            "quant_type": cfg.quant_type,
+            "type_k": cfg.type_k,
+            "type_v": cfg.type_v,
+            "adapter": adapter,
+        },
+        work=lambda: rt.toolbox.final_test(cfg, adapter),
+    )
+
+
+def _speedups(
+    baselines: list[Baseline], decode: float | None, prefill: float | None
+) -> dict[str, dict[str, float]]:
+    """The winner's decode and prefill speed over each baseline's, where both were measured."""
+    return {
+        "speedup_decode": {
+            b.quant_type: decode / b.decode_tps for b in baselines if decode and b.decode_tps
+        },
+        "speedup_prefill": {
+            b.quant_type: prefill / b.prefill_tps for b in baselines if prefill and b.prefill_tps
+        },
+    }

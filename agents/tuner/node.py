@@ -112,18 +112,7 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         return _finish(rt, f"wall-clock limit of {rt.budgets.wall_clock_s:.0f} s reached")
     reference = reference_accuracy(rt, adapter)
     views = rt.views(STAGE, reference)
-    roofline = _best_roofline(rt, views, brief)
-    stop = stage_stop_reason(
-        views,
-        budget=rt.budgets.deploy_trials,
-        patience=measured_stop(rt, rt.budgets.patience),
-        elapsed_s=rt.elapsed_s,
-        wall_clock_s=rt.budgets.wall_clock_s,
-        roofline=roofline if rt.brain.kind != "replay" else None,
-        roofline_stop=rt.budgets.roofline_stop,
-    )
-    if stop is None and rt.control.stop.is_set():
-        stop = "stopped by the user"
+    stop = _stop_reason(rt, views, brief)
     # Anchor checks and re-measurements come before the next trial, and before the stage ends
     # (a closing check covers the trials since the last one), so the answer is not taken from
     # trials measured during a drift. Not past the wall clock, nor after the user's stop.
@@ -136,14 +125,42 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
     if stop:
         return _finish(rt, stop)
 
+    spec = _step_spec(rt, brief, reference, adapter)
+    return search_step(rt, spec, static=static, views=views, brief=brief)
+
+
+def _stop_reason(rt: RunRuntime, views: list[TrialView], brief: dict[str, Any]) -> str | None:
+    """Why the deployment stage ends now (budget, patience, wall clock, roofline or the user's
+    stop), or None while it goes on."""
+    roofline = _best_roofline(rt, views, brief)
+    stop = stage_stop_reason(
+        views,
+        budget=rt.budgets.deploy_trials,
+        patience=measured_stop(rt, rt.budgets.patience),
+        elapsed_s=rt.elapsed_s,
+        wall_clock_s=rt.budgets.wall_clock_s,
+        roofline=roofline if rt.brain.kind != "replay" else None,
+        roofline_stop=rt.budgets.roofline_stop,
+    )
+    if stop is None and rt.control.stop.is_set():
+        stop = "stopped by the user"
+    return stop
+
+
+def _step_spec(
+    rt: RunRuntime, brief: dict[str, Any], reference: float | None, adapter: str | None
+) -> StepSpec:
+    """The deployment search step: hardware-aware defaults, the reference accuracy as context,
+    and a trial that deploys the proposed configuration."""
     logical = max(int(c) for c in (rt.deploy_space.knob("n_threads").choices or (1,)))
-    defaults = {"quant_type": "Q4_K_M", **hardware_defaults(brief, logical)}
+    # Onto the space: a recorded grid may fix a knob at a value the hardware default is not.
+    defaults = rt.deploy_space.within({"quant_type": "Q4_K_M", **hardware_defaults(brief, logical)})
     extra = (
         f"Reference accuracy: {reference:.3f}; allowed drop {rt.goal.max_accuracy_drop:.3f}."
         if reference is not None
         else ""
     )
-    spec = StepSpec(
+    return StepSpec(
         agent=AGENT,
         stage=STAGE,
         tool="deploy_trial",
@@ -154,7 +171,6 @@ def tuner_step(rt: RunRuntime) -> dict[str, Any]:
         summary=lambda config, trial: _summary(rt, config, trial),
         finish=lambda reason: _finish(rt, reason),
     )
-    return search_step(rt, spec, static=static, views=views, brief=brief)
 
 
 def _best_roofline(rt: RunRuntime, views: list[TrialView], brief: dict[str, Any]) -> float | None:

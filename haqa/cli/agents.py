@@ -12,7 +12,8 @@ from rich.markup import escape
 from haqa.agents.brains import ALL_BRAINS
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, open_store
-from haqa.errors import GoalNotMet, RunStopped
+from haqa.errors import GoalNotMet, RegressionFailed, RunStopped
+from haqa.regression import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
     from haqa.agents.supervisor.result import RunResult
@@ -74,26 +75,33 @@ def _run_config(
 
 class AnswerOutput:
     """Where the machine-readable answer goes: stdout (``--json``; everything else then goes to
-    stderr) and/or a file (``--output``)."""
+    stderr), a file (``--output``) and JUnit XML (``--junit``). Files are written whole or not at
+    all (a temporary file renamed into place): a killed run never leaves half a document."""
 
-    def __init__(self, as_json: bool = False, output: Path | None = None) -> None:
-        self.as_json, self.output = as_json, output
+    def __init__(
+        self, as_json: bool = False, output: Path | None = None, junit: Path | None = None
+    ) -> None:
+        self.as_json, self.output, self.junit = as_json, output, junit
         if as_json:
             console.file = sys.stderr  # progress and the conversation; stdout holds the JSON
 
     def write(
         self, store: Store, run_id: str, result: RunResult | None, report: Path | None
     ) -> None:
-        if not (self.as_json or self.output):
+        if not (self.as_json or self.output or self.junit):
             return
         from haqa.cli.answer import run_answer
+        from haqa.cli.junit import junit_xml
+        from haqa.paths import write_text_atomic
 
-        doc = run_answer(
+        answer = run_answer(
             run=store.get_run(run_id), store_path=store.path, result=result, report=report
-        ).model_dump_json(indent=2)
+        )
+        doc = answer.model_dump_json(indent=2)
         if self.output:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.output.write_text(doc + "\n")
+            write_text_atomic(self.output, doc + "\n")
+        if self.junit:
+            write_text_atomic(self.junit, junit_xml(answer))
         if self.as_json:
             sys.stdout.write(doc + "\n")
             sys.stdout.flush()
@@ -150,6 +158,10 @@ def _finish(
         console.print(f"speedup vs llama.cpp defaults at {quant}: decode {ratio:.2f}x")
     console.print(f"llama-server: {result.llama_server_cmd}")
     console.print(f"report: {path}")
+    if result.regression is not None:
+        console.print(escape(result.regression.reason()))
+        if not result.regression.passed:
+            raise RegressionFailed(f"run {run_id}: {result.regression.reason()}")
 
 
 class _PhasePrinter:
@@ -280,18 +292,39 @@ def run_command(
     output: Annotated[
         Path | None, typer.Option("--output", help="also write the JSON answer to this file")
     ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="write JUnit XML: one test case for the goal, one per gate"),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="gate the answer against a stored run on this machine: RUN or latest (the "
+            "newest run of this model here that met its goal)",
+        ),
+    ] = None,
+    max_regression: Annotated[
+        str | None,
+        typer.Option(
+            "--max-regression",
+            help="how much worse than the baseline: decode, prefill, perplexity, memory in %, "
+            f"accuracy in pt (default {DEFAULT_LIMITS}; a negative limit demands a gain)",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print whole messages")] = False,
     db: DbOption = None,
 ) -> None:
     """Run the agents: fine-tune, quantize and tune llama.cpp for this machine, measured.
 
     Exit codes: 0 an answer that meets the goal; 2 bad input; 3 the run ended and no
-    configuration met the goal; 4 the run stopped before the end (resume it with --resume).
-    With --json the answer is one JSON document on stdout (schema: docs/run-answer.schema.json).
+    configuration met the goal; 4 the run stopped before the end (resume it with --resume);
+    5 the regression gate failed (--baseline). With --json the answer is one JSON document on
+    stdout (schema: docs/run-answer.schema.json).
     """
     from haqa.graph.run import resume_run, start_run
 
-    answer = AnswerOutput(as_json, output)
+    answer = AnswerOutput(as_json, output, junit)
 
     def on_event(m: MessageRecord) -> None:
         print_message(m, verbose=verbose)
@@ -330,6 +363,8 @@ def run_command(
             "llm_gguf": llm_gguf,
             "tabular": tabular,
             "seed": seed,
+            "baseline": baseline,
+            "max_regression": max_regression,
         },
         {k: v for k, v in budgets.items() if v is not None},
         {"target_rsd": target_rsd, "anchor_every": anchor_every},

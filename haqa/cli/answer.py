@@ -4,7 +4,8 @@ The document (``RunAnswer``) names the run, where it is stored, whether the goal
 exit code the command returns), the hardware it was measured on, and the whole ``RunResult``: the
 chosen configuration, the llama-server command, the artifact and its sha256, effective bits per
 weight, accuracy (paired with the reference's), perplexity, tokens/s with the spread of the
-answer's own rounds, peak memory, and the baselines measured side by side. Its JSON Schema is
+answer's own rounds, peak memory, the baselines measured side by side, and the regression gate's
+verdict when the run had a baseline. Its JSON Schema is
 published at ``docs/run-answer.schema.json`` (a test keeps it equal to this model's).
 """
 
@@ -18,7 +19,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from haqa.agents.supervisor.result import RunResult
-from haqa.errors import EXIT_GOAL_NOT_MET, EXIT_STOPPED
+from haqa.errors import EXIT_GOAL_NOT_MET, EXIT_REGRESSION, EXIT_STOPPED
+
+Status = Literal["met", "not_met", "stopped", "regressed"]
+EXIT_CODES: dict[str, int] = {
+    "met": 0,
+    "not_met": EXIT_GOAL_NOT_MET,
+    "stopped": EXIT_STOPPED,
+    "regressed": EXIT_REGRESSION,
+}
 
 SCHEMA_PATH = Path("docs") / "run-answer.schema.json"
 
@@ -30,11 +39,12 @@ class RunAnswer(BaseModel):
 
     schema_version: Literal[1] = 1
     run_id: str
-    status: Literal["met", "not_met", "stopped"] = Field(
+    status: Status = Field(
         description="met: an answer meets the goal; not_met: the run ended without one; "
-        "stopped: it stopped before the end and can be resumed"
+        "stopped: it stopped before the end and can be resumed; regressed: an answer meets the "
+        "goal but the regression gate failed (result.regression says which figure)"
     )
-    exit_code: int = Field(description="what `haqa run` exits with (0, 3 or 4)")
+    exit_code: int = Field(description="what `haqa run` exits with (0, 3, 4 or 5)")
     store: str = Field(description="the DuckDB file that holds the run")
     report: str | None = Field(None, description="the Markdown report's path")
     model: str
@@ -65,14 +75,10 @@ def run_answer(
     report: Path | None,
 ) -> RunAnswer:
     """The document for a stored run and its result (None: the run stopped)."""
-    status: Literal["met", "not_met", "stopped"] = (
-        "stopped" if result is None else "met" if result.found else "not_met"
-    )
-    code = {"met": 0, "not_met": EXIT_GOAL_NOT_MET, "stopped": EXIT_STOPPED}[status]
     return RunAnswer(
         run_id=run.run_id,
-        status=status,
-        exit_code=code,
+        status=(status := answer_status(result)),
+        exit_code=EXIT_CODES[status],
         store=str(store_path),
         report=str(report) if report else None,
         model=run.model,
@@ -82,6 +88,14 @@ def run_answer(
         artifact_sha256=sha256_of(result.gguf_path) if result and result.found else None,
         result=result,
     )
+
+
+def answer_status(result: RunResult | None) -> Status:
+    if result is None:
+        return "stopped"
+    if not result.found:
+        return "not_met"
+    return "regressed" if result.regression and not result.regression.passed else "met"
 
 
 def schema_text() -> str:

@@ -20,8 +20,9 @@ RunStatus = Literal["running", "finished", "failed", "stopped"]
 #: ``base``: the base model's accuracy before fine-tuning; ``reference``: the fine-tuned model
 #: as F16 GGUF, the accuracy floor's reference; ``anchor``: the run's first deployment measured
 #: again to catch drift; ``baseline``: llama.cpp's defaults; ``final``: the chosen configuration
-#: measured again beside the baselines; ``test``: its accuracy on the test split.
-TrialRole = Literal["base", "reference", "anchor", "baseline", "final", "test"]
+#: measured again beside the baselines; ``test``: its accuracy on the test split;
+#: ``regression``: the answer or a stored run's answer measured again for the regression gate.
+TrialRole = Literal["base", "reference", "anchor", "baseline", "final", "test", "regression"]
 TRIAL_ROLES: tuple[TrialRole, ...] = get_args(TrialRole)
 
 #: Keys of a stored configuration that say what the trial is, not what it ran: ``role``,
