@@ -5,9 +5,9 @@ be than the baseline's before the gate fails. Speeds (``decode``, ``prefill``) m
 share, ``perplexity`` and ``memory`` (peak) may rise by it, ``accuracy`` may fall by that many
 points (validation, the split the goal is judged on). A negative limit demands an improvement of
 at least that much (``decode=-10%``: at least 10% faster), which is how a pipeline checks that a
-change it made pays off. A figure either side did not measure is reported, not gated: a gate that
-passes because nothing was compared would be a lie, so such a check is marked ``compared=False``
-and named in the reason.
+change it made pays off. A limited figure that either side did not measure fails the gate, named
+in the reason (``compared=False``): a gate that passed because nothing was compared would be a
+lie.
 
 Pure functions over the figures, so the rule is tested without running anything; measuring the
 baseline again beside the new answer is the supervisor's (``agents/supervisor/regression.py``).

@@ -78,7 +78,9 @@ def test_a_run_hands_over_a_faster_default_that_meets_the_goal(tmp_path: Path) -
             self.deployed.append(config.quant_type)
             return TrialMetrics(accuracy=0.5, prefill_tps=100.0, decode_tps=20.0)
 
-        def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+        def baseline(
+            self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+        ) -> TrialMetrics:
             fast = 40.0 if quant_type == "Q4_K_M" else 5.0
             return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
 

@@ -64,9 +64,23 @@ def test_a_figure_one_side_did_not_measure_fails_and_says_so() -> None:
     assert "\n" not in report.reason()
 
 
-def _finished_run(store: Store, *, model: str, fingerprint: str | None, found: bool) -> str:
-    run = store.create_run(model=model, brain="expert", hardware_fingerprint=fingerprint)
-    store.finish_run(run.run_id, "finished", result={"run_id": run.run_id, "found": found})
+def _finished_run(
+    store: Store,
+    *,
+    model: str,
+    fingerprint: str | None,
+    found: bool,
+    gate_passed: bool | None = None,
+    speed_model: str | None = None,
+) -> str:
+    config = {"model": model, "speed_model": speed_model}
+    run = store.create_run(
+        model=model, brain="expert", hardware_fingerprint=fingerprint, config=config
+    )
+    result: dict[str, object] = {"run_id": run.run_id, "goal": "decode", "found": found}
+    if gate_passed is not None:
+        result["regression"] = {"baseline_run": "r0", "limits": "decode=5%", "passed": gate_passed}
+    store.finish_run(run.run_id, "finished", result=result)
     return run.run_id
 
 
@@ -89,3 +103,33 @@ def test_a_baseline_from_another_machine_is_refused_and_latest_skips_it(tmp_path
         resolve_baseline(store, RunConfig(model="zoo:tiny", baseline="nope"), here)
     with pytest.raises(HaqaError, match="needs --baseline"):
         resolve_baseline(store, RunConfig(model="zoo:tiny", max_regression="decode=5%"), here)
+
+
+def test_latest_skips_a_run_that_failed_its_own_gate_or_measured_another_speed_model(
+    tmp_path: Path,
+) -> None:
+    """A retried pipeline must not pass by comparing with the regression it just reported, nor
+    compare speeds measured on another model."""
+    store = Store(tmp_path / "h.duckdb")
+    here = "aaaa1111"
+    good = _finished_run(store, model="m", fingerprint=here, found=True, gate_passed=True)
+    regressed = _finished_run(store, model="m", fingerprint=here, found=True, gate_passed=False)
+    bench = _finished_run(store, model="m", fingerprint=here, found=True, speed_model="zoo:b")
+    latest = resolve_baseline(store, RunConfig(model="m", baseline="latest"), here)
+    assert latest.baseline_run == good
+    with_speed = RunConfig(model="m", speed_model="zoo:b", baseline="latest")
+    assert resolve_baseline(store, with_speed, here).baseline_run == bench
+    with pytest.raises(HaqaError, match="measured speed on zoo:b, this run on its own model"):
+        resolve_baseline(store, RunConfig(model="m", baseline=bench), here)
+    # Named explicitly, a run whose gate failed is the user's choice.
+    assert resolve_baseline(store, RunConfig(model="m", baseline=regressed), here).baseline_run
+
+
+def test_a_stored_answer_this_version_cannot_read_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "h.duckdb")
+    run = store.create_run(model="m", brain="expert", hardware_fingerprint="f")
+    store.finish_run(run.run_id, "finished", result={"found": True, "shape": "of another era"})
+    with pytest.raises(HaqaError, match="cannot be read by this version"):
+        resolve_baseline(store, RunConfig(model="m", baseline=run.run_id), "f")
+    latest = resolve_baseline(store, RunConfig(model="m", baseline="latest"), "f")
+    assert latest.baseline_run is None

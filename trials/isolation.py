@@ -220,8 +220,10 @@ class IsolatedToolbox:
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         return TrialMetrics.model_validate(self._call("deploy", config, adapter))
 
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
-        return TrialMetrics.model_validate(self._call("baseline", quant_type, runtime))
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
+        return TrialMetrics.model_validate(self._call("baseline", quant_type, runtime, adapter))
 
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         return TrialMetrics.model_validate(self._call("final_test", config, adapter))

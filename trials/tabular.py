@@ -122,7 +122,9 @@ class TabularToolbox:
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         return TrialMetrics.from_stored(self._next(config))
 
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
         return TrialMetrics.from_stored(
             self._next(DeployConfig(quant_type=quant_type, **runtime.model_dump()))  # type: ignore[arg-type]
         )

@@ -71,7 +71,12 @@ class Toolbox(Protocol):
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics: ...
 
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics: ...
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
+        """llama.cpp's defaults on the run's own model: the fine-tuned one when there is an
+        adapter (what a user would deploy without haqa's tuning)."""
+        ...
 
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]: ...
 
@@ -304,8 +309,10 @@ class LiveToolbox:
             **{**speed.model_dump(), "accuracy": scored.accuracy, "correct": scored.correct}
         )
 
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
-        return self._benchmark(self._speed_gguf(None, quant_type), runtime)
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
+        return self._benchmark(self._speed_gguf(adapter, quant_type), runtime)
 
     def measure_gguf(self, gguf: str, config: DeployConfig) -> TrialMetrics:
         """Speed and memory of the file as deployed; its validation accuracy too unless speed is

@@ -4,14 +4,17 @@ An old figure was taken under whatever load the machine had then; on a noisy mac
 against it would fail or pass by chance. So when the baseline's GGUF is still there, both answers
 are measured again in one bracket (new, baseline, new; the new figure is the mean of its two
 rounds, which cancels a linear drift), and the baseline's validation accuracy is scored again on
-this run's questions (an earlier run may have had other task files). A figure that could not be
-measured again (the artifact is gone, the trial failed, perplexity, which is not re-run) is the
-stored one, and the report says which basis it used. The rule itself is ``haqa.regression``.
+this run's questions (an earlier run may have had other task files; not with a speed model, whose
+file is not the scored model). A figure that could not be measured again (the artifact is gone,
+the trial failed, a speed model's accuracy, perplexity, which is not re-run) is the stored one,
+and the report says which basis it used. The rule itself is ``haqa.regression``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from haqa.agents.runtime import ROLE_OBSERVATION, RunRuntime
 from haqa.agents.search_step import run_trial
@@ -59,8 +62,11 @@ def _side_by_side(
         Path(old.gguf_path).is_file() and Path(new.gguf_path).is_file()
     ):
         return None
-    new_cfg = DeployConfig.model_validate(new.config)
-    old_cfg = DeployConfig.model_validate(old.config)
+    try:
+        new_cfg = DeployConfig.model_validate(new.config)
+        old_cfg = DeployConfig.model_validate(old.config)
+    except ValidationError:  # a configuration stored by another version: compare stored figures
+        return None
     first = _measure(rt, "answer", 1, new.gguf_path, new_cfg)
     baseline = _measure(rt, f"run {old_run}", 1, old.gguf_path, old_cfg)
     second = _measure(rt, "answer", 2, new.gguf_path, new_cfg)

@@ -252,7 +252,7 @@ def _race(rt: RunRuntime, best: TrialRecord, adapter: str | None, reference: flo
         return race
     recorded = rt.toolbox.recorded
     before = None if recorded else measure_chosen(1)
-    race.baselines = _measure_baselines(rt)
+    race.baselines = _measure_baselines(rt, adapter)
     after = None if recorded else measure_chosen(2)
     race.finals = [t for t in (before, after) if t]
     race.entrants = _entrants(rt, race, reference)
@@ -268,8 +268,10 @@ def _race(rt: RunRuntime, best: TrialRecord, adapter: str | None, reference: flo
     return race
 
 
-def _measure_baselines(rt: RunRuntime) -> list[tuple[Baseline, TrialRecord]]:
-    """llama.cpp's defaults at each BASELINE_TYPES, through the memory gate like any trial."""
+def _measure_baselines(rt: RunRuntime, adapter: str | None) -> list[tuple[Baseline, TrialRecord]]:
+    """llama.cpp's defaults at each BASELINE_TYPES on the run's own model (the fine-tuned one:
+    a default that wins the race is then the answer, and its file must be that model's),
+    through the memory gate like any trial."""
     brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
     defaults = llama_defaults(brief)
     out = []
@@ -285,7 +287,7 @@ def _measure_baselines(rt: RunRuntime) -> list[tuple[Baseline, TrialRecord]]:
             stage="deploy",
             tool="benchmark_llamacpp",
             config=config,
-            work=lambda q=quant: rt.toolbox.baseline(q, defaults),  # type: ignore[misc]
+            work=lambda q=quant: rt.toolbox.baseline(q, defaults, adapter),  # type: ignore[misc]
         )
         baseline = Baseline(
             quant_type=quant,

@@ -59,7 +59,9 @@ class InstantToolbox:
             accuracy=0.5, prefill_tps=100.0, decode_tps=20.0, peak_mem_bytes=1 << 30
         )
 
-    def baseline(self, quant_type: str, runtime: RuntimeSettings) -> TrialMetrics:
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
         return TrialMetrics(accuracy=0.5, prefill_tps=90.0, decode_tps=10.0)
 
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
