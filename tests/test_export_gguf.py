@@ -12,6 +12,7 @@ from haqa.errors import HaqaError
 from haqa.tools.export_gguf import (
     Args,
     QuantizeArgs,
+    TensorRecipe,
     check_gguf,
     check_quant_type,
     export_gguf,
@@ -148,3 +149,30 @@ def test_an_already_quantized_gguf_is_requantized_and_says_so(tiny_f16: Path) ->
     assert again.weights.file_type == "Q4_0"
     assert sum(again.weights.type_share.values()) == pytest.approx(1.0)
     assert again.weights.bits_per_weight < q8.weights.bits_per_weight
+
+
+def test_a_mixed_recipe_sets_the_types_it_names_and_keys_its_own_file(tiny_f16: Path) -> None:
+    """Per-tensor types on top of a file type (llama-quantize's --tensor-type and
+    --output-tensor-type): the FFN down matrices one step up, the output head at Q6_K, every
+    other matrix Q4_0; the file is cached apart from the plain Q4_0 and reproducible by hand."""
+    from gguf import GGUFReader
+
+    recipe = TensorRecipe(tensor_types={r"ffn_down": "q8_0"}, output_type="Q6_K")
+    mixed = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q4_0", recipe=recipe))
+    plain = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q4_0"))
+    assert mixed.gguf_path != plain.gguf_path and mixed.size_bytes > plain.size_bytes
+    types = {t.name: t.tensor_type.name for t in GGUFReader(mixed.gguf_path).tensors}
+    downs = [n for n in types if n.endswith("ffn_down.weight")]
+    assert downs and all(types[n] == "Q8_0" for n in downs)
+    assert types["output.weight"] == "Q6_K"
+    assert {types[n] for n in types if n.endswith(("ffn_up.weight", "attn_q.weight"))} == {"Q4_0"}
+    assert recipe.cli_args() == ["--tensor-type ffn_down=q8_0", "--output-tensor-type q6_k"]
+    again = quantize_gguf(QuantizeArgs(gguf=tiny_f16, quant_type="Q4_0", recipe=recipe))
+    assert again.cached and again.gguf_path == mixed.gguf_path
+    for bad, fix in [
+        ({"tensor_types": {"ffn_down": "q9"}}, "is not a ggml tensor type"),
+        ({"tensor_types": {"ffn_(down": "q8_0"}}, "is not a regular expression"),
+        ({"output_type": "Q4_K_M"}, "is not a ggml tensor type"),  # a file type, not a tensor's
+    ]:
+        with pytest.raises(HaqaError, match=fix):
+            TensorRecipe(**bad)

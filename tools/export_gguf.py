@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,9 +23,9 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from haqa.errors import HaqaError
 from haqa.modelref import GGUF_MAGIC, check_hf_causal_lm
@@ -75,12 +76,76 @@ class Result(BaseModel):
     time_s: float = Field(description="wall time of this call")
 
 
+class TensorRecipe(BaseModel):
+    """Per-tensor types on top of a file type, as llama-quantize's ``--tensor-type``,
+    ``--output-tensor-type`` and ``--token-embedding-type`` set them: a mixed recipe such as
+    "FFN down one step up" or "output at Q8_0". Types are ggml tensor types (Q8_0, Q6_K, Q5_K,
+    F16, ...), not file types (a file type like Q4_K_M is itself a recipe)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tensor_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="regular expression on tensor names -> ggml type, first match wins",
+    )
+    output_type: str | None = Field(None, description="ggml type of output.weight")
+    embedding_type: str | None = Field(None, description="ggml type of token_embd.weight")
+
+    @model_validator(mode="after")
+    def _known_types(self) -> TensorRecipe:
+        for pattern, name in self.tensor_types.items():
+            ggml_type_id(name, what=f"tensor type for {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise HaqaError(
+                    f"tensor pattern {pattern!r} is not a regular expression: {exc}"
+                ) from None
+        for what, given in (
+            ("output type", self.output_type),
+            ("embedding type", self.embedding_type),
+        ):
+            if given is not None:
+                ggml_type_id(given, what=what)
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return not (self.tensor_types or self.output_type or self.embedding_type)
+
+    def key(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def cli_args(self) -> list[str]:
+        """The same recipe as llama-quantize flags, to reproduce the file by hand."""
+        args = [f"--tensor-type {p}={t.lower()}" for p, t in self.tensor_types.items()]
+        if self.output_type:
+            args.append(f"--output-tensor-type {self.output_type.lower()}")
+        if self.embedding_type:
+            args.append(f"--token-embedding-type {self.embedding_type.lower()}")
+        return args
+
+
+def ggml_type_id(name: str, *, what: str = "tensor type") -> int:
+    """ggml's number for a tensor type name (Q8_0 -> 8); a one-line error names the choices."""
+    from gguf import GGMLQuantizationType
+
+    try:
+        return int(GGMLQuantizationType[name.upper()].value)
+    except KeyError:
+        known = ", ".join(t.name for t in GGMLQuantizationType)
+        raise HaqaError(f"{what} {name!r} is not a ggml tensor type: one of {known}") from None
+
+
 class QuantizeArgs(BaseModel):
     """Quantize an existing GGUF file to a llama.cpp type."""
 
     gguf: Path = Field(description="input GGUF (best F32/F16/BF16)")
     quant_type: GgufQuantType = Field(description="llama.cpp type to produce")
     output: Path | None = Field(None, description="copy the result here too (default: cache only)")
+    recipe: TensorRecipe = Field(
+        default_factory=TensorRecipe, description="per-tensor types on top of quant_type"
+    )
 
 
 class QuantizeResult(BaseModel):
@@ -268,13 +333,16 @@ def quantized_source_type(src: Path) -> str | None:
     return mix.file_type or next(t for t in mix.type_share if t not in _FLOAT_TYPES)
 
 
-def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
+def _quantize_file(
+    src: Path, quant_type: GgufQuantType, final: Path, recipe: TensorRecipe | None = None
+) -> None:
     from haqa.tools.llama_session import llama
 
     llama_cpp = llama()
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant_type])
+    keep_alive = _apply_recipe(llama_cpp, params, recipe or TensorRecipe())
     # A GGUF handed over already quantized (a user's Q4_1 file) is quantized again from its
     # dequantized weights, as llama-quantize --allow-requantize does; the result says so.
     params.allow_requantize = quantized_source_type(src) is not None
@@ -282,19 +350,43 @@ def _quantize_file(src: Path, quant_type: GgufQuantType, final: Path) -> None:
     tmp = _atomic_target(final)
     with _fallback_lines_dropped():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    del keep_alive  # the override array had to outlive the call
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama_model_quantize to {quant_type} failed (code {rc})")
     tmp.replace(final)
 
 
-def _quantized(src: Path, src_key: str, quant_type: GgufQuantType) -> tuple[Path, bool]:
-    """``src`` quantized to ``quant_type`` in the cache; ``(path, cached)``."""
-    key = _key("quantize", src_key, quant_type, _pkg_version("llama-cpp-python"))
-    final = _cache_dir(key) / f"model-{quant_type}.gguf"
+def _apply_recipe(llama_cpp: Any, params: Any, recipe: TensorRecipe) -> Any:
+    """Set the recipe's output, embedding and per-tensor types on ``params``; returns the
+    ctypes array the params point into (it must stay alive until the call returns)."""
+    if recipe.output_type:
+        params.output_tensor_type = ggml_type_id(recipe.output_type)
+    if recipe.embedding_type:
+        params.token_embedding_type = ggml_type_id(recipe.embedding_type)
+    if not recipe.tensor_types:
+        return None
+    items = list(recipe.tensor_types.items())
+    overrides = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
+    for i, (pattern, name) in enumerate(items):
+        overrides[i].pattern = pattern.encode()
+        overrides[i].type = ggml_type_id(name)
+    overrides[len(items)].pattern = None  # the list ends at a null pattern
+    params.tt_overrides = overrides
+    return overrides
+
+
+def _quantized(
+    src: Path, src_key: str, quant_type: GgufQuantType, recipe: TensorRecipe | None = None
+) -> tuple[Path, bool]:
+    """``src`` quantized to ``quant_type`` (and the recipe) in the cache; ``(path, cached)``."""
+    parts = ["quantize", src_key, quant_type, _pkg_version("llama-cpp-python")]
+    if recipe is not None and not recipe.empty:
+        parts.append(recipe.key())  # a plain type keeps the key it always had
+    final = _cache_dir(_key(*parts)) / f"model-{quant_type}.gguf"
     if final.is_file():
         return final, True
-    _quantize_file(src, quant_type, final)
+    _quantize_file(src, quant_type, final, recipe)
     return final, False
 
 
@@ -354,7 +446,7 @@ def quantize_gguf(args: QuantizeArgs) -> QuantizeResult:
     t0 = time.perf_counter()
     src = Path(args.gguf)
     check_gguf(src)
-    final, cached = _quantized(src, file_digest(src), args.quant_type)
+    final, cached = _quantized(src, file_digest(src), args.quant_type, args.recipe)
     out = final
     if args.output is not None:
         out = Path(args.output)

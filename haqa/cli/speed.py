@@ -120,15 +120,42 @@ def quantize_command(
     gguf: Annotated[Path, typer.Argument(help="input GGUF file (F32/F16/BF16 is best)")],
     quant: Annotated[str, typer.Option("--quant", "-q", help="llama.cpp type, e.g. Q4_K_M")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="also write here")] = None,
+    tensor_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tensor-type",
+            help="PATTERN=TYPE: tensors whose name matches the regular expression get this ggml "
+            "type (repeat; first match wins), e.g. ffn_down=q6_k",
+        ),
+    ] = None,
+    output_tensor_type: Annotated[
+        str | None, typer.Option("--output-tensor-type", help="ggml type of output.weight")
+    ] = None,
+    token_embedding_type: Annotated[
+        str | None, typer.Option("--token-embedding-type", help="ggml type of token_embd.weight")
+    ] = None,
     db: DbOption = None,
 ) -> None:
-    """Quantize a GGUF file to a llama.cpp type (cached by the input's content)."""
-    from haqa.tools.export_gguf import QuantizeArgs, check_gguf, check_quant_type, quantize_gguf
+    """Quantize a GGUF file to a llama.cpp type (cached by the input's content and recipe).
+
+    --tensor-type, --output-tensor-type and --token-embedding-type work as llama-quantize's."""
+    from haqa.tools.export_gguf import (
+        QuantizeArgs,
+        TensorRecipe,
+        check_gguf,
+        check_quant_type,
+        quantize_gguf,
+    )
     from haqa.trialrun import run_as_trial
 
     qtype = check_quant_type(quant)
     check_gguf(gguf)
-    args = QuantizeArgs(gguf=gguf, quant_type=qtype, output=output)
+    recipe = TensorRecipe(
+        tensor_types=dict(_pattern_type(item) for item in tensor_type or []),
+        output_type=output_tensor_type,
+        embedding_type=token_embedding_type,
+    )
+    args = QuantizeArgs(gguf=gguf, quant_type=qtype, output=output, recipe=recipe)
     config = args.model_dump(mode="json")
     with manual_run(open_store(db), model=str(gguf), command="quantize", config=config) as run:
         trial, result = run_as_trial(
@@ -144,6 +171,13 @@ def quantize_command(
         raise typer.Exit(1)
     note = " (cached)" if result.cached else ""
     console.print(f"{result.gguf_path}  {result.quant_type}  {result.size_bytes} bytes{note}")
+
+
+def _pattern_type(item: str) -> tuple[str, str]:
+    pattern, sep, type_name = item.rpartition("=")
+    if not sep or not pattern or not type_name:
+        raise HaqaError(f"--tensor-type {item!r}: write PATTERN=TYPE, e.g. ffn_down=q6_k")
+    return pattern, type_name
 
 
 # -- bench ---------------------------------------------------------------------------------------
