@@ -11,10 +11,17 @@ can resolve; :func:`compare_paired` says so instead of letting noise decide.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
 Z95 = 1.959963984540054
+
+
+def mean_of_measured(values: Sequence[float | int | None]) -> float | None:
+    """The mean of the figures that were measured (None or 0: nothing measured); None if none."""
+    known = [v for v in values if v]
+    return sum(known) / len(known) if known else None
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -21,6 +21,7 @@ from haqa.agents.search_step import run_trial
 from haqa.agents.supervisor.result import RunResult
 from haqa.regression import Figures, GateSpec, RegressionReport, check
 from haqa.schemas import DeployConfig, TrialMetrics
+from haqa.stats import mean_of_measured
 
 AGENT = "supervisor"
 
@@ -33,11 +34,6 @@ def _stored(result: RunResult) -> Figures:
         perplexity=result.perplexity,
         memory=result.peak_mem_bytes,
     )
-
-
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known else None
 
 
 def _measure(rt: RunRuntime, of: str, round_no: int, gguf: str, cfg: DeployConfig) -> TrialMetrics:
@@ -74,11 +70,11 @@ def _side_by_side(
     if not rounds or not baseline.decode_tps:
         return None
     measured_new = Figures(
-        decode=_mean([m.decode_tps for m in rounds]),
-        prefill=_mean([m.prefill_tps for m in rounds]),
+        decode=mean_of_measured([m.decode_tps for m in rounds]),
+        prefill=mean_of_measured([m.prefill_tps for m in rounds]),
         accuracy=rounds[0].accuracy if rounds[0].accuracy is not None else new.accuracy_validation,
         perplexity=new.perplexity,
-        memory=_mean([m.peak_mem_bytes for m in rounds]),
+        memory=mean_of_measured([m.peak_mem_bytes for m in rounds]),
     )
     measured_old = Figures(
         decode=baseline.decode_tps,

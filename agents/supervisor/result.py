@@ -13,7 +13,12 @@ from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
 from haqa.regression import RegressionReport
 from haqa.schemas import DeployConfig, RuntimeSettings
-from haqa.stats import compare_paired, resolution_statement, wilson_interval
+from haqa.stats import (
+    compare_paired,
+    mean_of_measured,
+    resolution_statement,
+    wilson_interval,
+)
 from haqa.store import TrialRecord
 
 #: The quant types llama.cpp users deploy without tuning: the speedup is reported against both.
@@ -154,11 +159,6 @@ def commands(gguf: str, cfg: DeployConfig) -> tuple[str, str]:
     if cfg.use_mlock:
         args.append("--mlock")
     return shlex.join(["llama-server", *args]), shlex.join(["llama-cli", *args])
-
-
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v]
-    return sum(known) / len(known) if known else None
 
 
 def build_result(rt: RunRuntime) -> RunResult:
@@ -333,8 +333,8 @@ def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entr
     if ok:
         chosen_metrics = chosen_metrics.model_copy(
             update={
-                "decode_tps": _mean([m.decode_tps for m in ok]),
-                "prefill_tps": _mean([m.prefill_tps for m in ok]),
+                "decode_tps": mean_of_measured([m.decode_tps for m in ok]),
+                "prefill_tps": mean_of_measured([m.prefill_tps for m in ok]),
             }
         )
     out = [
@@ -495,8 +495,8 @@ def _winner_speeds(
         return winning_trial.metrics.decode_tps, winning_trial.metrics.prefill_tps
     finals = [t.metrics for t in race.finals if t.status == "ok" and t.metrics.decode_tps]
     m = race.chosen.metrics
-    decode = _mean([f.decode_tps for f in finals]) or m.decode_tps
-    prefill = _mean([f.prefill_tps for f in finals]) or m.prefill_tps
+    decode = mean_of_measured([f.decode_tps for f in finals]) or m.decode_tps
+    prefill = mean_of_measured([f.prefill_tps for f in finals]) or m.prefill_tps
     return decode, prefill
 
 
