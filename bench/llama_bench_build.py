@@ -1,11 +1,13 @@
-"""Build llama.cpp's own ``llama-bench`` from the sources llama-cpp-python vendors.
+"""Build llama.cpp's own tools (``llama-bench``, ``llama-imatrix``, ``llama-quantize``) from the
+sources llama-cpp-python vendors.
 
-The binary is built once per llama-cpp-python version into
-``$HAQA_HOME/llama-bench/<version>/bin/llama-bench``, from the sdist of the installed version
+Each binary is built once per llama-cpp-python version into
+``$HAQA_HOME/llama-bench/<version>/bin/<tool>``, from the sdist of the installed version
 (``pip download --no-binary``), with the same defaults the wheel was built with (Release,
-``GGML_NATIVE``), so the comparison in ``llama_bench_fidelity.py`` measures the same kernels.
+``GGML_NATIVE``), so the comparisons in ``llama_bench_fidelity.py`` and ``imatrix_agreement.py``
+run the same kernels as haqa.
 
-Run alone to build: ``.venv/bin/python bench/llama_bench_build.py``.
+Run alone to build: ``.venv/bin/python bench/llama_bench_build.py [llama-imatrix ...]``.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ def bench_dir() -> Path:
 
 def ensure_llama_bench(jobs: int = 2) -> Path:
     """The path of the built ``llama-bench``; builds it first (minutes) if it is missing."""
+    return ensure_llama_tool("llama-bench", jobs)
+
+
+def ensure_llama_tool(tool: str, jobs: int = 2) -> Path:
+    """The path of a built llama.cpp tool (a CMake target such as ``llama-imatrix``); builds it
+    first (minutes) if it is missing."""
     out = bench_dir()
-    exe = out / "bin" / "llama-bench"
+    exe = out / "bin" / tool
     if exe.is_file():
         return exe
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise HaqaError(f"building llama-bench needs {tool}: install it (e.g. apt-get install)")
+    for needed in ("cmake", "c++"):
+        if shutil.which(needed) is None:
+            raise HaqaError(f"building {tool} needs {needed}: install it (e.g. apt-get install)")
     out.mkdir(parents=True, exist_ok=True)
     ver = llama_cpp_version()
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -64,18 +72,19 @@ def ensure_llama_bench(jobs: int = 2) -> Path:
             "-DLLAMA_BUILD_SERVER=OFF",
             "-DLLAMA_OPENSSL=OFF",
         ]
-        print(f"building llama-bench {ver} (a few minutes) ...", flush=True)
+        print(f"building {tool} {ver} (a few minutes) ...", flush=True)
         subprocess.run(["cmake", "-S", str(src), "-B", str(build), *gen, *flags], check=True)
         subprocess.run(
-            ["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(jobs)],
+            ["cmake", "--build", str(build), "--target", tool, "-j", str(jobs)],
             check=True,
         )
         (out / "bin").mkdir(exist_ok=True)
-        tmp_exe = out / "bin" / "llama-bench.tmp"
-        shutil.copy2(build / "bin" / "llama-bench", tmp_exe)
+        tmp_exe = out / "bin" / f"{tool}.tmp"
+        shutil.copy2(build / "bin" / tool, tmp_exe)
         tmp_exe.replace(exe)  # atomic: a half-copied binary is never taken as built
     return exe
 
 
 if __name__ == "__main__":
-    print(ensure_llama_bench())
+    for name in sys.argv[1:] or ["llama-bench"]:
+        print(ensure_llama_tool(name))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.grid import tiny_grid  # noqa: F401
+from support.smollm2 import smol, smollm2_build  # noqa: F401
 from support.zoo import tiny_build, tiny_home, tiny_model  # noqa: F401
 
 from haqa.store import Store

@@ -11,6 +11,7 @@ when it exits. Quantization runs in-process through ``llama_cpp.llama_model_quan
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -145,6 +146,11 @@ class QuantizeArgs(BaseModel):
     output: Path | None = Field(None, description="copy the result here too (default: cache only)")
     recipe: TensorRecipe = Field(
         default_factory=TensorRecipe, description="per-tensor types on top of quant_type"
+    )
+    imatrix: Path | None = Field(
+        None,
+        description="importance matrix (llama.cpp imatrix GGUF, from compute_imatrix or "
+        "llama-imatrix) that weighs each tensor's rounding error",
     )
 
 
@@ -316,7 +322,11 @@ def _fallback_lines_dropped() -> Iterator[None]:
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode(errors="replace")
-            kept = [ln for ln in text.splitlines() if "falling back" not in ln]
+            kept = [
+                ln
+                for ln in text.splitlines()
+                if "falling back" not in ln and "required fallback quantization" not in ln
+            ]
             if kept:
                 print("\n".join(kept), file=sys.stderr)
 
@@ -334,7 +344,11 @@ def quantized_source_type(src: Path) -> str | None:
 
 
 def _quantize_file(
-    src: Path, quant_type: GgufQuantType, final: Path, recipe: TensorRecipe | None = None
+    src: Path,
+    quant_type: GgufQuantType,
+    final: Path,
+    recipe: TensorRecipe | None = None,
+    imatrix: Path | None = None,
 ) -> None:
     from haqa.tools.llama_session import llama
 
@@ -342,7 +356,10 @@ def _quantize_file(
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[quant_type])
-    keep_alive = _apply_recipe(llama_cpp, params, recipe or TensorRecipe())
+    keep_alive = (
+        _apply_recipe(llama_cpp, params, recipe or TensorRecipe()),
+        _apply_imatrix(llama_cpp, params, imatrix),
+    )
     # A GGUF handed over already quantized (a user's Q4_1 file) is quantized again from its
     # dequantized weights, as llama-quantize --allow-requantize does; the result says so.
     params.allow_requantize = quantized_source_type(src) is not None
@@ -350,7 +367,7 @@ def _quantize_file(
     tmp = _atomic_target(final)
     with _fallback_lines_dropped():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    del keep_alive  # the override array had to outlive the call
+    del keep_alive  # the override and importance arrays had to outlive the call
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama_model_quantize to {quant_type} failed (code {rc})")
@@ -376,17 +393,68 @@ def _apply_recipe(llama_cpp: Any, params: Any, recipe: TensorRecipe) -> Any:
     return overrides
 
 
+def _apply_imatrix(llama_cpp: Any, params: Any, imatrix: Path | None) -> Any:
+    """Point ``params`` at the importance of every weight the imatrix covers (mean squared
+    input per column, as llama-quantize loads it) and record its provenance in the file's
+    metadata as llama-quantize does; returns what must stay alive until the call returns."""
+    if imatrix is None:
+        return None
+    import numpy as np
+
+    from haqa.tools.imatrix import importance, read_imatrix
+
+    table = {
+        name.encode(): np.ascontiguousarray(v, dtype=np.float32)
+        for name, v in importance(imatrix).items()
+    }
+    entries = (llama_cpp.llama_model_imatrix_data * (len(table) + 1))()
+    for i, (name, values) in enumerate(table.items()):
+        entries[i].name = name
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(table)].name = None  # the list ends at a null name
+    params.imatrix = entries
+    info = read_imatrix(imatrix)
+    meta = (llama_cpp.llama_model_kv_override * 4)()
+    for slot, (key, value) in zip(
+        meta,
+        (
+            ("quantize.imatrix.dataset", info["dataset"]),
+            ("quantize.imatrix.entries_count", info["n_entries"]),
+            ("quantize.imatrix.chunks_count", info["n_chunks"]),
+        ),
+        strict=False,
+    ):
+        slot.key = key.encode()
+        if isinstance(value, str):
+            slot.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            slot.value.val_str = value.encode()[:127]
+        else:
+            slot.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            slot.value.val_i64 = int(value)
+    meta[3].key = b""  # the list ends at an empty key
+    params.kv_overrides = meta
+    return entries, table, meta
+
+
 def _quantized(
-    src: Path, src_key: str, quant_type: GgufQuantType, recipe: TensorRecipe | None = None
+    src: Path,
+    src_key: str,
+    quant_type: GgufQuantType,
+    recipe: TensorRecipe | None = None,
+    imatrix: Path | None = None,
 ) -> tuple[Path, bool]:
-    """``src`` quantized to ``quant_type`` (and the recipe) in the cache; ``(path, cached)``."""
+    """``src`` quantized to ``quant_type`` (with the recipe and the importance matrix) in the
+    cache; ``(path, cached)``."""
     parts = ["quantize", src_key, quant_type, _pkg_version("llama-cpp-python")]
     if recipe is not None and not recipe.empty:
         parts.append(recipe.key())  # a plain type keeps the key it always had
+    if imatrix is not None:
+        parts.append(f"imatrix {file_digest(imatrix)}")
     final = _cache_dir(_key(*parts)) / f"model-{quant_type}.gguf"
     if final.is_file():
         return final, True
-    _quantize_file(src, quant_type, final, recipe)
+    _quantize_file(src, quant_type, final, recipe, imatrix)
     return final, False
 
 
@@ -446,7 +514,11 @@ def quantize_gguf(args: QuantizeArgs) -> QuantizeResult:
     t0 = time.perf_counter()
     src = Path(args.gguf)
     check_gguf(src)
-    final, cached = _quantized(src, file_digest(src), args.quant_type, args.recipe)
+    if args.imatrix is not None:
+        from haqa.tools.imatrix import read_imatrix
+
+        read_imatrix(args.imatrix)  # not an imatrix GGUF: one line before anything is written
+    final, cached = _quantized(src, file_digest(src), args.quant_type, args.recipe, args.imatrix)
     out = final
     if args.output is not None:
         out = Path(args.output)

@@ -80,14 +80,9 @@ class _Model:
         self.cached: list[int] = []  # tokens whose K/V are in the cache, from position 0
 
     def tokenize(self, text: str) -> list[int]:
-        raw = text.encode()
-        n_max = len(raw) + 8
-        buf = (self.lib.llama_token * n_max)()
-        n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, n_max, True, False)
-        if n < 0:  # buffer too small: -n is the size needed
-            buf = (self.lib.llama_token * -n)()
-            n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, -n, True, False)
-        return list(buf[:n])
+        from haqa.tools.llama_session import tokenize
+
+        return tokenize(self.vocab, text)
 
     def score(self, tokens: list[int], first: int) -> float:
         """Sum of log p(tokens[i] | tokens[:i]) for i in [first, len(tokens))."""

@@ -150,10 +150,13 @@ def check_loadable(path: Path) -> None:
     lib.llama_model_free(model)
 
 
-def new_context(model: Any, rt: LlamaSettings, kv: KvSettings | None = None) -> Any:
+def new_context(
+    model: Any, rt: LlamaSettings, kv: KvSettings | None = None, *, eval_callback: Any = None
+) -> Any:
     """A context with the settings' size, batches, threads, K/V cache types and flash attention.
     ``kv`` (a scorer's) overrides the cache types and flash attention; its flash_attn None leaves
-    the choice to llama.cpp."""
+    the choice to llama.cpp. ``eval_callback`` (a ``ggml_backend_sched_eval_callback``, kept
+    alive by the caller) sees the graph's tensors as they are computed (the imatrix)."""
     lib = llama()
     cparams = lib.llama_context_default_params()
     cparams.n_ctx = rt.n_ctx
@@ -169,6 +172,9 @@ def new_context(model: Any, rt: LlamaSettings, kv: KvSettings | None = None) -> 
         cparams.flash_attn_type = (
             lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
+    if eval_callback is not None:
+        cparams.cb_eval = eval_callback
+        cparams.cb_eval_user_data = None
     ctx = lib.llama_init_from_model(model, cparams)
     if not ctx:
         raise HaqaError(
@@ -176,3 +182,16 @@ def new_context(model: Any, rt: LlamaSettings, kv: KvSettings | None = None) -> 
             "K/V cache: lower n_ctx or use f16 caches"
         )
     return ctx
+
+
+def tokenize(vocab: Any, text: str) -> list[int]:
+    """``text`` in a model's tokens, with its special tokens (BOS) added as the model asks."""
+    lib = llama()
+    raw = text.encode()
+    n_max = len(raw) + 8
+    buf = (lib.llama_token * n_max)()
+    n = lib.llama_tokenize(vocab, raw, len(raw), buf, n_max, True, False)
+    if n < 0:  # buffer too small: -n is the size needed
+        buf = (lib.llama_token * -n)()
+        n = lib.llama_tokenize(vocab, raw, len(raw), buf, -n, True, False)
+    return list(buf[:n])

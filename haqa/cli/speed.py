@@ -134,11 +134,20 @@ def quantize_command(
     token_embedding_type: Annotated[
         str | None, typer.Option("--token-embedding-type", help="ggml type of token_embd.weight")
     ] = None,
+    imatrix: Annotated[
+        Path | None,
+        typer.Option(
+            "--imatrix",
+            help="importance matrix GGUF (from `haqa imatrix` or llama-imatrix) that weighs "
+            "each weight's rounding error",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Quantize a GGUF file to a llama.cpp type (cached by the input's content and recipe).
 
-    --tensor-type, --output-tensor-type and --token-embedding-type work as llama-quantize's."""
+    --tensor-type, --output-tensor-type, --token-embedding-type and --imatrix work as
+    llama-quantize's."""
     from haqa.tools.export_gguf import (
         QuantizeArgs,
         TensorRecipe,
@@ -155,7 +164,7 @@ def quantize_command(
         output_type=output_tensor_type,
         embedding_type=token_embedding_type,
     )
-    args = QuantizeArgs(gguf=gguf, quant_type=qtype, output=output, recipe=recipe)
+    args = QuantizeArgs(gguf=gguf, quant_type=qtype, output=output, recipe=recipe, imatrix=imatrix)
     config = args.model_dump(mode="json")
     with manual_run(open_store(db), model=str(gguf), command="quantize", config=config) as run:
         trial, result = run_as_trial(
@@ -171,6 +180,46 @@ def quantize_command(
         raise typer.Exit(1)
     note = " (cached)" if result.cached else ""
     console.print(f"{result.gguf_path}  {result.quant_type}  {result.size_bytes} bytes{note}")
+
+
+@app.command("imatrix")
+def imatrix_command(
+    gguf: Annotated[Path, typer.Argument(help="the model's GGUF (F16 is best)")],
+    calibration: Annotated[
+        Path,
+        typer.Option(
+            "--calibration", "-f", help="plain text no evaluation uses (llama-imatrix -f)"
+        ),
+    ],
+    ctx_size: Annotated[int, typer.Option("--ctx-size", "-c", help="tokens per chunk")] = 512,
+    chunks: Annotated[
+        int | None, typer.Option("--chunks", help="chunks to use at most (default: all)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="also write here")] = None,
+) -> None:
+    """Compute an importance matrix (llama.cpp's imatrix GGUF) for `haqa quantize --imatrix`.
+
+    As llama-imatrix: the text in chunks of --ctx-size tokens, the mean squared input of every
+    weight's columns; cached by content. The file also works with llama-quantize --imatrix."""
+    import shutil
+
+    from haqa.tools.imatrix import ImatrixArgs, compute_imatrix
+
+    try:
+        args = ImatrixArgs(gguf=gguf, calibration=calibration, n_ctx=ctx_size, max_chunks=chunks)
+    except ValidationError as exc:
+        raise HaqaError(f"haqa imatrix: {validation_message(exc)}") from None
+    result = compute_imatrix(args)
+    path = result.imatrix_path
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, output)
+        path = output
+    note = " (cached)" if result.cached else f" in {result.time_s:.1f} s"
+    console.print(
+        f"{path}  {result.n_entries} weights, {result.n_chunks} chunks of {result.chunk_size} "
+        f"tokens of {result.dataset}{note}"
+    )
 
 
 def _pattern_type(item: str) -> tuple[str, str]:
