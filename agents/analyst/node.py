@@ -8,6 +8,7 @@ from typing import Any
 from haqa.agents.analyst.brief import make_brief
 from haqa.agents.runtime import ROLE_TOOL_CALL, ROLE_TOOL_RESULT, RunRuntime
 from haqa.agents.search_step import ensure_system_prompt, static_prompt
+from haqa.trials.cluster import OnCluster
 
 AGENT = "analyst"
 
@@ -28,7 +29,9 @@ def analyst_step(rt: RunRuntime) -> dict[str, Any]:
     try:
         profile = rt.toolbox.probe()
     except Exception as exc:  # the run goes on with what is known; the brief says what failed
-        profile = {"error": f"probe failed: {exc}", "logical_cores": os.cpu_count()}
+        # On a cluster the cores are those of a node of the target kind, not the driver's.
+        cores = rt.toolbox.speed_target()[1] if isinstance(rt.toolbox, OnCluster) else None
+        profile = {"error": f"probe failed: {exc}", "logical_cores": cores or os.cpu_count()}
     rt.say(
         AGENT,
         ROLE_TOOL_RESULT,

@@ -27,6 +27,7 @@ def _register() -> None:
     from haqa.cli import (  # noqa: F401
         accuracy,
         agents,
+        cluster,
         grid,
         hardware,
         speed,
