@@ -27,7 +27,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from haqa.agents.brains.base import Brain, DecisionContext, Proposal, TrialView
+from haqa.agents.brains.base import (
+    Brain,
+    BrainUnavailable,
+    DecisionContext,
+    Proposal,
+    TrialView,
+)
 from haqa.agents.brains.react import InvalidAnswer
 from haqa.agents.routing import brain_call_cap, counted
 from haqa.agents.runtime import (
@@ -147,6 +153,10 @@ def decide(
             reason = _check(rt, ctx, proposal)
         except HaqaError:
             raise
+        except BrainUnavailable as exc:  # the endpoint died, answered 5xx or timed out
+            _fall_back(rt, ctx, brain, str(exc))
+            brain, using_expert, invalid_in_row = rt.expert, True, 0
+            continue
         except InvalidAnswer as exc:  # malformed JSON, an unknown tool, no action
             reason = str(exc)
         except Exception as exc:  # an LLM endpoint down, a client error
@@ -176,6 +186,17 @@ def decide(
             "back to the expert policy",
         )
         brain, using_expert, invalid_in_row = rt.expert, True, 0
+
+
+def _fall_back(rt: RunRuntime, ctx: DecisionContext, brain: Brain, reason: str) -> None:
+    """Say in the trace that the brain's model did not answer and the expert decides this step."""
+    rt.say(
+        ctx.agent,
+        ROLE_OBSERVATION,
+        f"{brain.name} could not answer ({reason}): this step falls back to the expert policy",
+        tool_name="fallback",
+        tool_args={"brain": brain.name, "reason": reason, "fallback": rt.expert.name},
+    )
 
 
 def _check(rt: RunRuntime, ctx: DecisionContext, proposal: Proposal) -> str:

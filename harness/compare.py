@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from haqa.errors import HaqaError
 from haqa.goal import Goal
+from haqa.harness.decision_costs import DecisionCosts, decision_costs
 from haqa.harness.grid import TabularToolbox
 from haqa.store import GridRecord, Store, iter_grid_configs
 
@@ -38,6 +39,15 @@ class BrainScore(BaseModel):
     trials_to_reach_median: float | None
     invalid_mean: float
     curves: list[list[float]] = Field(description="best-so-far true objective per trial, per seed")
+    valid_rate: float = Field(1.0, description="decisions / (decisions + invalid proposals)")
+    seconds_per_decision: float = Field(0.0, description="dynamic prompt to decision, mean")
+    tokens_per_decision: float | None = Field(
+        None, description="LLM tokens in and out; None: no LLM"
+    )
+    llm_share: float | None = Field(
+        None, description="hybrid: share of decisions the LLM chose (the rest: the optimizer's)"
+    )
+    fallbacks: int = Field(0, description="steps the expert decided because the LLM could not")
 
 
 class CompareResult(BaseModel):
@@ -101,11 +111,11 @@ def _check_compare_args(brains: list[str], seeds: int, budget: int) -> None:
         raise HaqaError(f"--seeds must be at least 1, got {seeds}")
     if budget <= 0:
         raise HaqaError(f"--budget must be at least 1, got {budget}")
-    unknown = [b for b in brains if b not in ALL_BRAINS or b in ("openai", "llamacpp", "replay")]
+    unknown = [b for b in brains if b not in ALL_BRAINS or b in ("openai", "replay")]
     if unknown:
         raise HaqaError(
             f"unknown brain {', '.join(unknown)} for compare: use expert, random, local, tpe, "
-            "gp, nsga2, cmaes"
+            "gp, nsga2, cmaes, llamacpp, hybrid"
         )
 
 
@@ -135,9 +145,19 @@ def _base_config(
 
 
 def _score_brain(
-    brain: str, curves: list[list[float]], invalid: list[int], optimum: float, budget: int
+    brain: str,
+    curves: list[list[float]],
+    invalid: list[int],
+    optimum: float,
+    budget: int,
+    costs: list[DecisionCosts],
 ) -> BrainScore:
-    """One brain's scores from its best-so-far curves and invalid proposals, one per seed."""
+    """One brain's scores from its best-so-far curves, invalid proposals and decision costs,
+    one per seed."""
+    decisions = sum(c.decisions for c in costs)
+    proposals = decisions + sum(c.invalid for c in costs)
+    calls = sum(c.llm_calls for c in costs)
+    hybrid = sum(c.llm_chosen + c.optimizer_chosen for c in costs)
     finals = [c[-1] if c else 0.0 for c in curves]
     reach = [next((i + 1 for i, v in enumerate(c) if v >= REACH * optimum), None) for c in curves]
     reached = sorted(r if r is not None else budget + 1 for r in reach)
@@ -151,6 +171,11 @@ def _score_brain(
         trials_to_reach_median=statistics.median(reached),
         invalid_mean=statistics.fmean(invalid),
         curves=curves,
+        valid_rate=decisions / proposals if proposals else 1.0,
+        seconds_per_decision=sum(c.seconds for c in costs) / max(decisions, 1),
+        tokens_per_decision=sum(c.tokens for c in costs) / max(decisions, 1) if calls else None,
+        llm_share=sum(c.llm_chosen for c in costs) / hybrid if hybrid else None,
+        fallbacks=sum(c.fallbacks for c in costs),
     )
 
 
@@ -166,17 +191,19 @@ def compare_brains(
     max_accuracy_drop: float = 1.0,
     memory_budget: str | None = None,
     progress: Callable[[str], None] | None = None,
+    llm_gguf: str | None = None,
 ) -> CompareResult:
     from haqa.graph.run import start_run
 
     _check_compare_args(brains, seeds, budget)
     toolbox = TabularToolbox(store, grid_id)
     base = _base_config(toolbox.grid, grid_id, goal, max_accuracy_drop, memory_budget, budget)
+    base = base.model_copy(update={"llm_gguf": llm_gguf})
     parsed = base.parsed_goal()
     truth, optimum, optimum_cfg = grid_truth(toolbox, parsed)
     scores, run_ids = [], {}
     for brain in brains:
-        curves, invalid, ids = [], [], []
+        curves, invalid, ids, costs = [], [], [], []
         for seed in range(seeds):
             if progress:
                 progress(f"{brain} seed {seed}")
@@ -187,7 +214,8 @@ def compare_brains(
             ids.append(run_id)
             curves.append(_curve(runs, run_id, truth, budget))
             invalid.append(result.invalid_proposals if result else 0)
-        scores.append(_score_brain(brain, curves, invalid, optimum, budget))
+            costs.append(decision_costs(runs, run_id))
+        scores.append(_score_brain(brain, curves, invalid, optimum, budget, costs))
         run_ids[brain] = ids
     return CompareResult(
         grid_id=grid_id,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 #: Optimiser baselines (agents/brains/optuna_brain.py), named here so listing them stays cheap.
 BRAIN_NAMES = ("random", "tpe", "gp", "nsga2", "cmaes", "local")
-ALL_BRAINS = ("expert", "openai", "llamacpp", "replay", *BRAIN_NAMES)
+ALL_BRAINS = ("expert", "openai", "llamacpp", "hybrid", "replay", *BRAIN_NAMES)
 
 __all__ = ["Brain", "DecisionContext", "ExpertBrain", "Proposal", "make_brain"]
 
@@ -31,6 +31,8 @@ class BrainSettings(Protocol):
     @property
     def llm_gguf(self) -> str | None: ...
     @property
+    def llm_timeout_s(self) -> float: ...
+    @property
     def replay_run(self) -> str | None: ...
     @property
     def seed(self) -> int: ...
@@ -43,11 +45,15 @@ def make_brain(cfg: BrainSettings, store: Store) -> Brain:
     if cfg.brain == "openai":
         from haqa.agents.brains.openai_brain import OpenAIBrain
 
-        return OpenAIBrain(cfg.llm_base_url, cfg.llm_model)
+        return OpenAIBrain(cfg.llm_base_url, cfg.llm_model, timeout_s=cfg.llm_timeout_s)
     if cfg.brain == "llamacpp":
         from haqa.agents.brains.llamacpp_brain import LlamaCppBrain
 
-        return LlamaCppBrain(cfg.llm_gguf)
+        return LlamaCppBrain(cfg.llm_gguf, seed=cfg.seed)
+    if cfg.brain == "hybrid":
+        from haqa.agents.brains.hybrid_brain import HybridBrain
+
+        return HybridBrain(cfg.llm_gguf, seed=cfg.seed)
     if cfg.brain in BRAIN_NAMES:
         from haqa.agents.brains.optuna_brain import LocalSearchBrain, OptunaBrain
 

@@ -30,6 +30,14 @@ class Proposal(BaseModel):
     thought: str = ""
 
 
+class BrainUnavailable(Exception):
+    """The brain's model could not answer at all: its server died, answered 5xx or timed out.
+
+    Not an invalid proposal (the model said nothing): the step falls back to the expert policy
+    at once, without asking a dead endpoint twice more, and the trace says what happened. The
+    next step asks the model again, so a server that comes back is used again."""
+
+
 class TrialView(BaseModel):
     """A trial as a brain sees it: full configuration, outcome and objective."""
 

@@ -145,7 +145,9 @@ class OptunaBrain:
             except ValueError:
                 continue  # a value outside today's space (a narrower machine): not comparable
 
-    def propose(self, ctx: DecisionContext) -> Proposal:
+    def candidates(self, ctx: DecisionContext, k: int) -> list[dict[str, Any]]:
+        """Up to ``k`` distinct new valid configurations the sampler asks for, best guess first;
+        each stays pending in the study until ``keep`` says which one runs."""
         if self._told.get(ctx.stage, set()) - {t.trial_id for t in ctx.history}:
             # A trial the study was told about was replaced (re-measured after a drift): tell
             # a new study the history as it stands, as a resumed run would.
@@ -156,7 +158,10 @@ class OptunaBrain:
         tried = {_key(t.config, ctx.space.names) for t in ctx.history}
         import optuna
 
-        for _ in range(20):
+        out: list[dict[str, Any]] = []
+        for _ in range(20 * k):
+            if len(out) == k:
+                break
             trial = study.ask(distributions)
             config = {**ctx.defaults, **trial.params}
             key = _key(config, ctx.space.names)
@@ -167,14 +172,33 @@ class OptunaBrain:
                 continue
             if key not in tried and key not in self._pending:
                 self._pending[key] = trial
-                return Proposal(
-                    action="trial",
-                    config=config,
-                    thought=f"optimiser {self.name} (optuna {type(study.sampler).__name__})",
-                )
+                out.append(config)
+                continue
             # A repeat of a measured configuration: pruned, so the sampler moves on.
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return Proposal(action="finish", thought=f"optimiser {self.name} repeats itself")
+        return out
+
+    def keep(
+        self, ctx: DecisionContext, chosen: dict[str, Any], asked: list[dict[str, Any]]
+    ) -> None:
+        """The chosen candidate runs (told when its trial is in the history); the others are
+        told as failed, which TPE and GP leave out of their models: not chosen, not measured."""
+        import optuna
+
+        study = self._studies[ctx.stage]
+        for config in asked:
+            key = _key(config, ctx.space.names)
+            if key != _key(chosen, ctx.space.names) and key in self._pending:
+                study.tell(self._pending.pop(key), state=optuna.trial.TrialState.FAIL)
+
+    def propose(self, ctx: DecisionContext) -> Proposal:
+        asked = self.candidates(ctx, 1)
+        if not asked:
+            return Proposal(action="finish", thought=f"optimiser {self.name} repeats itself")
+        sampler = type(self._studies[ctx.stage].sampler).__name__
+        return Proposal(
+            action="trial", config=asked[0], thought=f"optimiser {self.name} (optuna {sampler})"
+        )
 
 
 class LocalSearchBrain:

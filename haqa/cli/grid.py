@@ -123,6 +123,15 @@ def grid_list(db: DbOption = None) -> None:
     console.print(table)
 
 
+def _reach_range(reach: list[int | None], budget: int) -> str:
+    """' (lo–hi)' over seeds; a seed that never reached shows as >budget."""
+    values = [r if r is not None else budget + 1 for r in reach]
+    if not values:
+        return ""
+    show = [str(v) if v <= budget else f">{budget}" for v in (min(values), max(values))]
+    return f" ({show[0]}–{show[1]})"
+
+
 @app.command("compare")
 def compare_command(
     tabular: Annotated[str, typer.Option("--tabular", help="the recorded grid to run on")],
@@ -137,6 +146,9 @@ def compare_command(
     out: Annotated[Path, typer.Option("--out", help="folder for the table and the plot")] = Path(
         "haqa-compare"
     ),
+    llm_gguf: Annotated[
+        str | None, typer.Option("--llm-gguf", help="llamacpp/hybrid model (default: the zoo's)")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Compare brains at the same budget over seeds on a recorded grid: the paper's table and a
@@ -164,9 +176,11 @@ def compare_command(
         goal=goal,
         max_accuracy_drop=max_accuracy_drop,
         memory_budget=memory_budget,
+        llm_gguf=llm_gguf,
     )
     table = Table(title=f"{result.goal} — budget {budget}, {seeds} seeds, grid {tabular}")
-    for col in ("brain", "best (mean ± std)", "regret", "trials to 98% (median)", "invalid"):
+    cols = ("brain", "best (mean ± std)", "regret", "trials to 98% (median, range)", "invalid")
+    for col in (*cols, "valid", "s/decision", "tokens/decision", "LLM share"):
         table.add_column(col)
     for s in result.scores:
         reach = (
@@ -178,8 +192,12 @@ def compare_command(
             s.brain,
             f"{s.best_mean:.2f} ± {s.best_std:.2f}",
             f"{s.regret_mean:.2f}",
-            reach,
+            reach + _reach_range(s.trials_to_reach, budget),
             f"{s.invalid_mean:.1f}",
+            f"{s.valid_rate:.0%}",
+            f"{s.seconds_per_decision:.2f}",
+            "-" if s.tokens_per_decision is None else f"{s.tokens_per_decision:.0f}",
+            "-" if s.llm_share is None else f"{s.llm_share:.0%}",
         )
     console.print(table)
     scratch.close()

@@ -28,6 +28,18 @@ def text_answer(content: str) -> dict[str, Any]:
     return {"content": content, "tool_calls": []}
 
 
+def stall(seconds: float) -> dict[str, Any]:
+    """A scripted silence: the server holds the request this long, then answers ``finish``
+    (a client with a shorter timeout has given up by then)."""
+    return {"stall": seconds}
+
+
+def die() -> dict[str, Any]:
+    """A scripted death: the server drops the connection unanswered and stops listening, as a
+    killed server process does (every later request is refused)."""
+    return {"die": True}
+
+
 def http_error(status: int, message: str) -> dict[str, Any]:
     """A scripted HTTP error in OpenAI's shape; ``{key}`` in the message becomes the bearer token
     the request carried, as a hosted API's "Incorrect API key provided: sk-..." does."""
@@ -86,6 +98,14 @@ def serve(script: list[dict[str, Any]]) -> Iterator[StubLLM]:
                 stub.headers.append(dict(self.headers))
                 scripted = stub.next_answer()
                 status = 200
+                if "die" in scripted:
+                    threading.Thread(target=_stop, daemon=True).start()
+                    self.close_connection = True
+                    return
+            if "stall" in scripted:  # outside the lock: the next request is not held up
+                time.sleep(float(scripted["stall"]))
+                scripted = tool_call("finish", {"thought": "too late"})
+            with lock:
                 if "error" in scripted:
                     status, message = scripted["error"]
                     key = str(self.headers.get("Authorization", "")).removeprefix("Bearer ")
@@ -94,14 +114,21 @@ def serve(script: list[dict[str, Any]]) -> Iterator[StubLLM]:
                 else:
                     answer = _completion(scripted, len(stub.requests))
             data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client gave up first (a stalled answer past its timeout)
 
         def log_message(self, *args: Any) -> None:
             return None
+
+    def _stop() -> None:
+        server.shutdown()
+        server.server_close()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     stub.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -110,5 +137,4 @@ def serve(script: list[dict[str, Any]]) -> Iterator[StubLLM]:
     try:
         yield stub
     finally:
-        server.shutdown()
-        server.server_close()
+        _stop()
