@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from haqa.agents.brains import ALL_BRAINS
 from haqa.agents.routing import Budgets
@@ -66,12 +66,20 @@ class RunConfig(Strict):
     perplexity_windows: int = Field(
         16, ge=0, le=10_000, description="512-token windows of it scored (0: no perplexity)"
     )
+    calibration_text: str | None = Field(
+        None,
+        description="text the importance matrix of an imatrix trial is computed over (no "
+        "evaluation may use it); default: the training split's questions and answers",
+    )
     n_prompt: int = Field(256, ge=1, le=65536, description="benchmark prompt tokens (pp)")
     n_gen: int = Field(64, ge=1, le=65536, description="benchmark generated tokens (tg)")
     repetitions: int = Field(3, ge=1, le=100, description="benchmark repetitions")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
     llm_model: str | None = Field(None, description="model name at that endpoint")
     llm_gguf: str | None = Field(None, description="local GGUF instruct model (llamacpp brain)")
+    llm_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="an LLM endpoint silent this long: the step falls back"
+    )
     replay_run: str | None = Field(None, description="run whose decisions the replay brain serves")
     seed: int = Field(0, ge=0)
     trial_timeout_s: float = Field(3600.0, gt=0, description="a trial running longer fails")
@@ -81,6 +89,30 @@ class RunConfig(Strict):
     isolate_trials: bool = Field(True, description="run each trial in a child process")
     tabular: str | None = Field(
         None, description="answer deploy trials from this recorded grid (haqa grid record)"
+    )
+    cluster: str | None = Field(
+        None,
+        description="run trials as Ray tasks on this cluster: auto, ray://HOST:PORT, HOST:PORT, "
+        "or local (a one-node cluster of this machine); default: on this machine, no Ray",
+    )
+    target: str | None = Field(
+        None,
+        description="with --cluster: the device kind (hardware fingerprint) speed trials run on; "
+        "default: the cluster's only kind (a recorded grid: the grid's)",
+    )
+    replay_time_scale: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="with --cluster and --tabular: a replayed trial takes its recorded duration "
+        "times this (tests and benches of dispatch shorten it)",
+    )
+    replay_min_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="with --cluster and --tabular: a replayed deploy trial lasts at least this "
+        "(a fault test's trial must still be running when its node is killed)",
     )
     quick_analysis: bool = Field(
         False, description="microbenchmark one thread count and fewer repeats (tests, demos)"
@@ -140,6 +172,14 @@ class RunConfig(Strict):
     def _limits(cls, value: str | None) -> str | None:
         # Parsed with the config, so a typo fails before anything is built or measured.
         return None if value is None else RegressionLimits.parse(value).describe()
+
+    @field_validator("target")
+    @classmethod
+    def _target_on_a_cluster(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A device kind is a cluster's: checked with the config, before anything is built.
+        if value is not None and not info.data.get("cluster"):
+            raise ValueError("a device kind of a cluster: pass --cluster too")
+        return value
 
     def regression_limits(self) -> RegressionLimits | None:
         """The gate's limits: None without a baseline."""

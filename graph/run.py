@@ -23,6 +23,7 @@ from haqa.modelref import resolve_model
 from haqa.regression import GateSpec
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import Store
+from haqa.trials.cluster import OnCluster
 from haqa.trials.registry import reap_strays, registry_dir
 from haqa.trials.toolbox import LiveToolbox, Toolbox, ToolboxSettings
 
@@ -69,6 +70,16 @@ def _eval_text(cfg: RunConfig) -> Path | None:
     return zoo.text_file(zoo.SMOLLM2, "eval")
 
 
+def _calibration_text(cfg: RunConfig) -> Path | None:
+    """The user's calibration text for importance matrices (None: the training split's)."""
+    if not cfg.calibration_text:
+        return None
+    path = Path(cfg.calibration_text)
+    if not path.is_file():
+        raise HaqaError(f"--calibration-text {path}: no such file")
+    return path
+
+
 def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
     """Validate everything a run needs before anything is stored; build zoo models if needed."""
     goal = cfg.parsed_goal()  # the brain was checked when the config was built
@@ -103,6 +114,7 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
         quick_analysis=cfg.quick_analysis,
         eval_text=_eval_text(cfg),
         perplexity_windows=cfg.perplexity_windows,
+        calibration_text=_calibration_text(cfg),
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")
     if model.kind == "gguf":
@@ -125,7 +137,7 @@ def default_toolbox(
     """Trials in child processes (timeout, memory limit) unless isolation is turned off; with the
     store's path, the trials are recorded in its registry, so a resume kills what a killed run
     left running before it measures anything."""
-    if not cfg.isolate_trials:
+    if not cfg.isolate_trials and not cfg.cluster:
         return LiveToolbox(settings)
     from haqa.trials.isolation import IsolatedToolbox
     from haqa.units import parse_bytes
@@ -135,12 +147,26 @@ def default_toolbox(
         if cfg.trial_memory_limit
         else None
     )
+    if cfg.cluster:  # Ray tasks, each isolated on its node as it would be here
+        cluster: Toolbox = _ray_backend().live_cluster_toolbox(
+            cfg.cluster, cfg.target, settings, timeout_s=cfg.trial_timeout_s, memory_limit=limit
+        )
+        return cluster
     return IsolatedToolbox(
         settings,
         timeout_s=cfg.trial_timeout_s,
         memory_limit_bytes=limit,
         store_path=store_path,
     )
+
+
+def _ray_backend() -> Any:
+    """The cluster backend (it imports Ray), or a one-line error naming what to install."""
+    try:
+        from haqa.trials import ray_backend
+    except ImportError as exc:
+        raise HaqaError(f"--cluster needs Ray ({exc}): pip install 'haqa[cluster]'") from exc
+    return ray_backend
 
 
 def _runtime(
@@ -194,19 +220,24 @@ def start_run(
     run_id: str | None = None,
 ) -> tuple[str, RunResult | None]:
     goal, toolbox, space, summary = _setup(store, cfg, toolbox)
-    make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails before storing
-    if cfg.baseline is not None or cfg.max_regression is not None:
-        from haqa.graph.baseline import resolve_baseline
+    try:  # a cluster joined (or started: `local`) by _setup is left on any error before the run
+        make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails first
+        if cfg.baseline is not None or cfg.max_regression is not None:
+            from haqa.graph.baseline import resolve_baseline
 
-        cfg = resolve_baseline(store, cfg, machine_fingerprint())
-    record = store.create_run(
-        model=cfg.model,
-        brain=cfg.brain,
-        goal=goal.model_dump(mode="json"),
-        config=cfg.model_dump(mode="json"),
-        run_id=run_id,
-    )
-    rt = _runtime(store, record.run_id, cfg, goal, toolbox, summary, on_event, control, space)
+            target = _cluster_target(toolbox)  # a cluster's runs compare on its target's kind
+            cfg = resolve_baseline(store, cfg, target[0] if target else machine_fingerprint())
+        record = store.create_run(
+            model=cfg.model,
+            brain=cfg.brain,
+            goal=goal.model_dump(mode="json"),
+            config=cfg.model_dump(mode="json"),
+            run_id=run_id,
+        )
+        rt = _runtime(store, record.run_id, cfg, goal, toolbox, summary, on_event, control, space)
+    except BaseException:
+        _close(toolbox)
+        raise
     rt.say(
         "supervisor",
         ROLE_SUPERVISOR,
@@ -230,13 +261,35 @@ def _setup(
         tabular = given or TabularToolbox(store, cfg.tabular)
         check_grid_matches(tabular.grid, cfg)
         summary = f"{cfg.model} (recorded grid {cfg.tabular})"
+        if cfg.cluster and toolbox is None:  # replayed by nodes of the grid's device kind
+            toolbox = _ray_backend().recorded_cluster_toolbox(
+                cfg.cluster,
+                store,
+                tabular,
+                target=cfg.target,
+                time_scale=cfg.replay_time_scale,
+                min_s=cfg.replay_min_s,
+            )
         return goal, toolbox or tabular, grid_search_space(tabular.grid), summary
     goal, settings, summary = prepare(cfg)
     # Whatever this run's toolbox (in-process included), nothing it measures may run beside the
     # trial processes a killed run on this store left behind.
     reap_strays(registry_dir(store.path))
-    space = deploy_space(os.cpu_count() or 1)
-    return goal, toolbox or default_toolbox(cfg, settings, store.path), space, summary
+    toolbox = toolbox or default_toolbox(cfg, settings, store.path)
+    target = _cluster_target(toolbox)  # a cluster's threads are its target kind's nodes' CPUs
+    space = deploy_space(target[1] if target else os.cpu_count() or 1)
+    return goal, toolbox, space, summary
+
+
+def _cluster_target(toolbox: Toolbox) -> tuple[str, int] | None:
+    """With a cluster: the device kind the speed trials run on and its nodes' CPUs."""
+    return toolbox.speed_target() if isinstance(toolbox, OnCluster) else None
+
+
+def _close(toolbox: Toolbox) -> None:
+    """Leave the cluster, if the toolbox joined one (a local one is stopped)."""
+    if isinstance(toolbox, OnCluster):
+        toolbox.close()
 
 
 def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
@@ -249,6 +302,8 @@ def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
             + (f" with speed model {grid.speed_model}" if grid.speed_model else "")
             + f", not {cfg.model}: record a grid for this model"
         )
+    if cfg.cluster and cfg.cluster != "local":
+        return  # the cluster must have a node of the grid's kind: checked when it is joined
     here = machine_fingerprint()
     if here != grid.hardware_fingerprint:
         raise HaqaError(
@@ -279,7 +334,11 @@ def resume_run(
     cfg = RunConfig.model_validate(record.config or {})
     goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     store.set_run_status(run_id, "running")
-    rt = _runtime(store, run_id, cfg, goal, toolbox, summary, on_event, control, space)
+    try:
+        rt = _runtime(store, run_id, cfg, goal, toolbox, summary, on_event, control, space)
+    except BaseException:
+        _close(toolbox)
+        raise
     done = len(store.list_trials(run_id))
     rt.say("supervisor", ROLE_SUPERVISOR, f"resumed run {run_id}: {done} finished trials kept")
     return _drive(rt)
@@ -295,6 +354,8 @@ def _drive(rt: RunRuntime) -> RunResult | None:
         # A crash or Ctrl-C leaves the run resumable; its finished trials are all stored.
         rt.store.set_run_status(rt.run_id, "stopped")
         raise
+    finally:
+        _close(rt.toolbox)  # a cluster backend: leave the cluster
     if final.get("route") == "stopped":
         rt.store.set_run_status(rt.run_id, "stopped")
         return None

@@ -280,11 +280,21 @@ def _answer_lines(result: dict[str, Any]) -> list[str]:
         "",
         *_speedup_table(result),
         "",
+        *_made_lines(result),
         "```sh",
         str(result.get("llama_server_cmd")),
         str(result.get("llama_cli_cmd")),
         "```",
     ]
+
+
+def _made_lines(result: dict[str, Any]) -> list[str]:
+    """How the answer's GGUF is made by hand with llama.cpp's own tools (a mixed recipe or an
+    importance matrix cannot be read off the type's name)."""
+    made = result.get("quantize_commands") or []
+    if not made:
+        return []
+    return ["To make the GGUF with llama.cpp's own tools:", "", "```sh", *made, "```", ""]
 
 
 def _gate_lines(result: dict[str, Any]) -> list[str]:

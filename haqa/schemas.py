@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from haqa.recipes import RecipeName, Weights
+
 BnbQuant = Literal["nf4", "fp4", "int8"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 Stage = Literal["finetune", "deploy"]
@@ -173,13 +175,28 @@ class KvCacheSettings(Strict):
 
 
 class DeployConfig(RuntimeSettings):
-    """One llama.cpp deployment: the GGUF quantization type plus the runtime settings."""
+    """One llama.cpp deployment: the GGUF's weights (file type, mixed recipe, importance matrix)
+    plus the runtime settings."""
 
     quant_type: GgufQuantType = Field("Q4_K_M", description="GGUF tensor type of the weights")
+    recipe: RecipeName = Field(
+        "uniform", description="per-tensor rule on top of the type (haqa.recipes)"
+    )
+    imatrix: bool = Field(
+        False, description="quantize with an importance matrix over calibration text"
+    )
 
     @property
     def runtime(self) -> RuntimeSettings:
-        return RuntimeSettings(**self.model_dump(exclude={"quant_type"}))
+        return RuntimeSettings(**self.model_dump(exclude=set(WEIGHT_FIELDS)))
+
+    @property
+    def weights(self) -> Weights:
+        return Weights(quant_type=self.quant_type, recipe=self.recipe, imatrix=self.imatrix)
+
+
+#: The fields of a deploy configuration that decide the GGUF file (the rest only how it runs).
+WEIGHT_FIELDS: tuple[str, ...] = ("quant_type", "recipe", "imatrix")
 
 
 #: The figures every trial stores (the store's ``trials`` table has a column for each).
@@ -193,6 +210,18 @@ COMMON_METRICS: tuple[str, ...] = (
     "decode_rsd",
     "prefill_rsd",
 )
+
+
+class TrialNode(BaseModel):
+    """Where a trial ran on a cluster (``haqa run --cluster``): the node that returned its
+    result, so a figure can be traced to the machine that measured it."""
+
+    node_id: str = Field(description="the Ray node id")
+    hostname: str = Field(description="the node's host name")
+    fingerprint: str | None = Field(
+        None, description="the hardware fingerprint the node advertises (None: not a haqa node)"
+    )
+    attempts: int = Field(1, ge=1, description="attempts the trial took (a retry after a fault)")
 
 
 class TrialMetrics(BaseModel):
@@ -260,6 +289,11 @@ class TrialMetrics(BaseModel):
     fallback_share: float | None = Field(
         None, description="share of its matrix weights stored in a fallback type (rows too short)"
     )
+    quantize_commands: list[str] | None = Field(
+        None,
+        description="llama.cpp command lines that make the scored GGUF by hand (llama-imatrix, "
+        "llama-quantize), from its full-precision file",
+    )
 
     # -- the memory gate ---------------------------------------------------------------------
     predicted_peak_mem_bytes: int | None = Field(
@@ -281,6 +315,9 @@ class TrialMetrics(BaseModel):
     marked: list[int] | None = Field(
         None, description="trials this check marked for re-measurement"
     )
+
+    # -- a trial on a cluster (``trials/ray_backend.py``) ------------------------------------
+    node: TrialNode | None = Field(None, description="the cluster node the trial ran on")
 
     # -- a CLI command's trial (``haqa.trialrun``) -------------------------------------------
     result: dict[str, Any] | None = Field(

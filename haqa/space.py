@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from haqa.errors import HaqaError
+from haqa.recipes import RECIPE_DESCRIPTIONS, RECIPE_NAMES
 
 KnobKind = Literal["int", "float", "categorical", "bool"]
 Scalar = int | float | str | bool
@@ -242,6 +243,24 @@ _QUANT_TYPE_KNOB = Knob(
     description="GGUF weight type: bytes read per token vs accuracy",
 )
 
+#: The deployment knobs that change the GGUF's weights beyond its file type (haqa.recipes).
+_WEIGHT_KNOBS = (
+    Knob(
+        name="recipe",
+        kind="categorical",
+        choices=RECIPE_NAMES,
+        default="uniform",
+        description="per-tensor rule on top of quant_type: "
+        + "; ".join(f"{k}: {v}" for k, v in RECIPE_DESCRIPTIONS.items()),
+    ),
+    Knob(
+        name="imatrix",
+        kind="bool",
+        default=False,
+        description="quantize with an importance matrix (same size and speed, less error)",
+    ),
+)
+
 #: The deployment knobs after the thread counts: batching, attention and the KV cache.
 _BATCH_AND_CACHE_KNOBS = (
     Knob(
@@ -305,5 +324,5 @@ def deploy_space(logical_cores: int | None = None) -> SearchSpace:
     """llama.cpp deployment knobs; threads are bounded by the target machine's logical cores."""
     cores = logical_cores or 64
     threads = tuple(sorted({1, 2, 4, 8, 16, 32, 64, cores} & set(range(1, cores + 1))))
-    knobs = (_QUANT_TYPE_KNOB, *_thread_knobs(threads), *_BATCH_AND_CACHE_KNOBS)
+    knobs = (_QUANT_TYPE_KNOB, *_WEIGHT_KNOBS, *_thread_knobs(threads), *_BATCH_AND_CACHE_KNOBS)
     return SearchSpace(stage="deploy", knobs=knobs)

@@ -72,6 +72,11 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
         assert all(t.config["quant_type"] == best.config["quant_type"] for t in finals)
         mean = sum(t.metrics.decode_tps or 0 for t in finals) / 2
         assert result.decode_tps == pytest.approx(mean)
+        # How to make the answer's GGUF with llama.cpp's own tools, from its F16 file.
+        quant = str(best.config["quant_type"])
+        if quant != "F16":
+            assert result.quantize_commands[-1].startswith("llama-quantize ")
+            assert result.quantize_commands[-1].endswith(f" {quant}")
     else:
         # A default that met the goal and measured faster side by side is the answer (race.py):
         # its own measurement, a speedup of 1 over itself.
@@ -109,6 +114,8 @@ def test_report_numbers_equal_the_stored_trials(
             assert f"{m.accuracy:.3f}" in row
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result == store.get_run(run_id).result
+    for line in result.get("quantize_commands") or []:
+        assert line in text  # the report prints how to make the answer's GGUF by hand
     assert (tmp_path / "report" / "pareto.png").stat().st_size > 1000
 
 

@@ -93,3 +93,38 @@ def test_a_deployment_is_scored_with_its_kv_cache_once(
     scored.clear()
     assert LiveToolbox(settings).deploy(q4, None).accuracy == accuracy[1]  # a resumed run
     assert scored == []
+
+
+def test_a_deploy_trial_with_a_recipe_and_an_imatrix(tiny_model: Path) -> None:
+    """``recipe`` and ``imatrix`` make another file from the model's F16 GGUF: attn_v and
+    ffn_down one step up (Q4_0 -> Q5_0) with an importance matrix over the training split; the
+    trial records the llama.cpp command lines that make the same file by hand."""
+    from haqa.tools.gguf_header import read_gguf_header
+
+    splits = {s: zoo.task_files("tiny", s) for s in ("train", "validation", "test")}
+    settings = ToolboxSettings(
+        model=tiny_model,
+        train_files=splits["train"],
+        validation_files=splits["validation"],
+        test_files=splits["test"],
+        eval_limit=10,
+        n_prompt=16,
+        n_gen=4,
+        repetitions=1,
+        imatrix_chunks=2,
+    )
+    box = LiveToolbox(settings)
+    plain = box.deploy(DeployConfig(quant_type="Q4_0", n_ctx=512), None)
+    mixed_cfg = DeployConfig(quant_type="Q4_0", recipe="sensitive_up", imatrix=True, n_ctx=512)
+    mixed = box.deploy(mixed_cfg, None)
+    assert plain.gguf != mixed.gguf and mixed.gguf is not None
+    types = {t.name: t.ggml_type for t in read_gguf_header(Path(mixed.gguf)).tensors}
+    assert types["blk.0.attn_v.weight"] == types["blk.0.ffn_down.weight"] == "Q5_0"
+    assert types["blk.0.attn_q.weight"] == "Q4_0"
+    assert (mixed.bits_per_weight or 0) > (plain.bits_per_weight or 0)
+    made = mixed.quantize_commands or []
+    assert made[0].startswith("llama-imatrix -m ") and "--chunks 2" in made[0]
+    assert made[1].startswith("llama-quantize --imatrix ")
+    assert "--tensor-type 'attn_v\\.weight=q5_0'" in made[1] and made[1].endswith(" Q4_0")
+    assert len(plain.quantize_commands or []) == 1
+    assert "--imatrix" not in (plain.quantize_commands or [""])[0]

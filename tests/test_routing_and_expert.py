@@ -282,3 +282,41 @@ def test_hardware_defaults_meet_a_narrowed_space() -> None:
     space.validate_config(moved)  # every knob now allowed
     full = deploy_space(2)
     assert full.within(defaults) == defaults  # a live run's defaults are unchanged
+
+
+def test_expert_rescues_a_faster_type_that_missed_the_floor_with_an_imatrix() -> None:
+    """Q4_0 measured faster than the incumbent Q4_K_M but missed the accuracy floor: the expert
+    tries the same Q4_0 with an importance matrix, then with attn_v/ffn_down one step up, and
+    never rescues a type slower than the incumbent (Q8_0) or one that missed on memory."""
+    from haqa.agents.brains.expert import _DeployView, _rescue_with_imatrix
+
+    base = {"n_threads": 2, "n_threads_batch": 2, "flash_attn": False}
+    history = [
+        view(1, 20.0, quant_type="Q4_K_M", **base),
+        view(2, None, quant_type="Q4_0", **base),  # measured, infeasible: missed the floor
+        view(3, None, quant_type="Q8_0", **base),  # slower than the incumbent
+    ]
+    proposals = []
+    for i in range(4, 7):
+        ctx = _ctx(history)
+        p = _rescue_with_imatrix(ctx, _DeployView.of(ctx))
+        if p is None:
+            break
+        proposals.append(p.config)
+        DeployConfig.model_validate(p.config)
+        history.append(view(i, None, **p.config))
+    assert [(c["quant_type"], c.get("recipe", "uniform"), c["imatrix"]) for c in proposals] == [
+        ("Q4_0", "uniform", True),
+        ("Q4_0", "sensitive_up", True),
+    ]
+    over = TrialView(
+        trial_id=9,
+        stage="deploy",
+        config={"quant_type": "Q4_0", **base},
+        status="ok",
+        accuracy=0.9,
+        peak_mem_bytes=2_000_000_000,
+        feasible=False,
+    )
+    ctx = _ctx([history[0], over], goal=Goal(memory_budget_bytes=1_000_000_000))
+    assert _rescue_with_imatrix(ctx, _DeployView.of(ctx)) is None

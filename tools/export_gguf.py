@@ -127,6 +127,40 @@ class TensorRecipe(BaseModel):
         return args
 
 
+def weights_recipe(gguf: Path, recipe: str, quant_type: str) -> TensorRecipe:
+    """A named recipe (``haqa.recipes``) made concrete for this model: its layer count comes
+    from the GGUF's header."""
+    from haqa.recipes import recipe_rules
+
+    header = read_gguf_header(gguf)
+    arch = header.str_field("general.architecture") or ""
+    n_layer = header.int_field(f"{arch}.block_count")
+    return TensorRecipe(**recipe_rules(recipe, quant_type, n_layer))
+
+
+def quantize_commands(
+    args: QuantizeArgs, out: Path, imatrix_from: tuple[Path, int, int] | None = None
+) -> list[str]:
+    """llama.cpp's own command lines that make ``out`` from ``args.gguf`` by hand: the
+    ``llama-quantize`` line with the recipe's flags and the importance matrix, and, given
+    ``imatrix_from`` (calibration text, chunk size, chunks), the ``llama-imatrix`` line that
+    computes that matrix again (haqa's imatrix file is in llama-imatrix's format, so the
+    quantize line also works with haqa's file as it is)."""
+    import shlex
+
+    lines = []
+    flags = [a for arg in args.recipe.cli_args() for a in arg.split(" ", 1)]
+    if args.imatrix is not None:
+        if imatrix_from is not None:
+            text, n_ctx, chunks = imatrix_from
+            make = ["llama-imatrix", "-m", str(args.gguf), "-f", str(text), "-c", str(n_ctx)]
+            lines.append(shlex.join([*make, "--chunks", str(chunks), "-o", str(args.imatrix)]))
+        flags = ["--imatrix", str(args.imatrix), *flags]
+    quant = ["llama-quantize", *flags, str(args.gguf), str(out), args.quant_type]
+    lines.append(shlex.join(quant))
+    return lines
+
+
 def ggml_type_id(name: str, *, what: str = "tensor type") -> int:
     """ggml's number for a tensor type name (Q8_0 -> 8); a one-line error names the choices."""
     from gguf import GGMLQuantizationType

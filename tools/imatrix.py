@@ -209,6 +209,27 @@ class _Collector:
             self.counts[name] = rows.shape[0]
 
 
+def calibration_from_tasks(files: list[Path]) -> Path:
+    """A calibration text made of task files' questions with their right answers, one
+    paragraph each (a run passes its training split: text no evaluation scores). Written once
+    per content under ``$HAQA_HOME/artifacts/calibration/``."""
+    from haqa.tasks import load_jsonl
+
+    paragraphs = []
+    for f in files:
+        for ex in load_jsonl(f):
+            paragraphs.append(f"{ex.question} {ex.choices[ex.answer]}")
+    text = "\n\n".join(paragraphs) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    path = artifacts_dir() / "calibration" / f"{digest}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
 def imatrix_key(args: ImatrixArgs) -> str:
     from haqa.tools.export_gguf import _pkg_version, file_digest
 

@@ -30,6 +30,8 @@ GRID_FIXED: dict[str, Any] = {
     "use_mmap": True,
     "use_mlock": False,
     "n_gpu_layers": 0,
+    "recipe": "uniform",
+    "imatrix": False,
 }
 
 

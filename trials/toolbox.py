@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from haqa.errors import HaqaError
+from haqa.recipes import Weights
 from haqa.schemas import (
     DeployConfig,
     FinetuneConfig,
@@ -29,6 +30,10 @@ from haqa.schemas import (
     RuntimeSettings,
     TrialMetrics,
 )
+
+if TYPE_CHECKING:
+    from haqa.tools.export_gguf import QuantizeArgs
+    from haqa.tools.imatrix import ImatrixArgs
 
 
 class ToolboxSettings(BaseModel):
@@ -52,6 +57,10 @@ class ToolboxSettings(BaseModel):
     #: perplexity), and how many 512-token windows of it.
     eval_text: Path | None = None
     perplexity_windows: int = 16
+    #: Text an importance matrix is computed over (a trial with ``imatrix``); None: the
+    #: training split's questions and answers, which no evaluation uses.
+    calibration_text: Path | None = None
+    imatrix_chunks: int = 16
 
 
 class Toolbox(Protocol):
@@ -97,7 +106,9 @@ class LiveToolbox:
 
     def __init__(self, settings: ToolboxSettings) -> None:
         self.s = settings
-        self._accuracy_by_quant: dict[tuple[str | None, str, KvCacheSettings], TrialMetrics] = {}
+        self._accuracy_by_quant: dict[
+            tuple[str | None, Weights, KvCacheSettings], TrialMetrics
+        ] = {}
         self._bandwidth: float | None = None
         self._longest: int | None = None
 
@@ -184,12 +195,17 @@ class LiveToolbox:
 
     # -- deployment side -------------------------------------------------------------------
 
-    def _gguf(self, adapter: str | None, quant_type: str) -> Path:
-        """The fine-tuned model as GGUF of this type (cached by content in the artifact store).
-        A GGUF model is quantized from itself: its F16 is its own weights dequantized (the
-        reference), its other types carry its rounding and theirs when it is quantized."""
+    def _gguf(self, adapter: str | None, weights: Weights | str) -> Path:
+        """The fine-tuned model as GGUF of these weights (cached by content in the artifact
+        store). A GGUF model is quantized from itself: its F16 is its own weights dequantized
+        (the reference), its other types carry its rounding and theirs when it is quantized.
+        A recipe or an importance matrix is applied to the model's full-precision GGUF."""
         from haqa.tools.export_gguf import Args, QuantizeArgs, export_gguf, quantize_gguf
 
+        spec = Weights(quant_type=weights) if isinstance(weights, str) else weights
+        if not spec.plain:
+            return self._mixed_gguf(adapter, spec)
+        quant_type = spec.quant_type
         if self.s.model.is_file():
             if adapter:
                 raise HaqaError("a GGUF model takes no adapter: it is tuned for deployment only")
@@ -205,19 +221,67 @@ class LiveToolbox:
             )
         ).gguf_path
 
-    def _speed_gguf(self, adapter: str | None, quant_type: str) -> Path:
-        if self.s.speed_model is None:
-            return self._gguf(adapter, quant_type)
-        from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
+    def _mixed_gguf(self, adapter: str | None, spec: Weights) -> Path:
+        from haqa.tools.export_gguf import quantize_gguf
 
-        if quant_type in ("F16",) and self.s.speed_model.suffix == ".gguf":
+        return quantize_gguf(self._quantize_args(adapter, spec)).gguf_path
+
+    def _quantize_args(self, adapter: str | None, spec: Weights) -> QuantizeArgs:
+        """How these weights are made from the model's full-precision GGUF."""
+        from haqa.tools.export_gguf import QuantizeArgs, weights_recipe
+
+        base = self._gguf(adapter, "F16")
+        return QuantizeArgs(
+            gguf=base,
+            quant_type=spec.quant_type,  # type: ignore[arg-type]
+            recipe=weights_recipe(base, spec.recipe, spec.quant_type),
+            imatrix=self._imatrix(base)[1] if spec.imatrix else None,
+        )
+
+    def _imatrix(self, f16: Path) -> tuple[ImatrixArgs, Path]:
+        """The importance matrix of this full-precision GGUF over the run's calibration text
+        (cached by content: computed once per model and text): its arguments and its file."""
+        from haqa.tools.imatrix import ImatrixArgs, calibration_from_tasks, compute_imatrix
+
+        text = self.s.calibration_text or calibration_from_tasks(self.s.train_files)
+        args = ImatrixArgs(gguf=f16, calibration=text, max_chunks=self.s.imatrix_chunks)
+        return args, compute_imatrix(args).imatrix_path
+
+    def _quantize_commands(self, adapter: str | None, spec: Weights, out: Path) -> list[str]:
+        """The llama.cpp command lines that make the scored GGUF ``out`` by hand."""
+        from haqa.tools.export_gguf import quantize_commands
+
+        if spec.quant_type == "F16" and spec.plain:
+            return []
+        args = self._quantize_args(adapter, spec)
+        source = None
+        if spec.imatrix:
+            im, _ = self._imatrix(args.gguf)
+            source = (im.calibration, im.n_ctx, im.max_chunks or 0)
+        return quantize_commands(args, out, source)
+
+    def _speed_gguf(self, adapter: str | None, weights: Weights | str) -> Path:
+        """The GGUF whose speed is measured: the scored one, or the speed model made the same
+        way (its own layer count for the recipe; an importance matrix changes no byte of the
+        file's layout, so the speed model is quantized without one)."""
+        if self.s.speed_model is None:
+            return self._gguf(adapter, weights)
+        from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf, weights_recipe
+
+        spec = Weights(quant_type=weights) if isinstance(weights, str) else weights
+        plain_f16 = spec.quant_type == "F16" and spec.recipe == "uniform"
+        if plain_f16 and self.s.speed_model.suffix == ".gguf":
             return self.s.speed_model
         return quantize_gguf(
-            QuantizeArgs(gguf=self.s.speed_model, quant_type=quant_type)  # type: ignore[arg-type]
+            QuantizeArgs(
+                gguf=self.s.speed_model,
+                quant_type=spec.quant_type,  # type: ignore[arg-type]
+                recipe=weights_recipe(self.s.speed_model, spec.recipe, spec.quant_type),
+            )
         ).gguf_path
 
     def _deployed_accuracy(
-        self, adapter: str | None, quant_type: str, kv_cache: KvCacheSettings | None = None
+        self, adapter: str | None, weights: Weights | str, kv_cache: KvCacheSettings | None = None
     ) -> TrialMetrics:
         """Validation accuracy (and the answers, question by question) of the GGUF of this type
         with these K/V cache types (default f16), measured once: cached in memory and on disk
@@ -226,11 +290,10 @@ class LiveToolbox:
         again. Threads and batches change only speed; a q8_0 or q4_0 cache changes the answers,
         so it is scored as it deploys."""
         kv = kv_cache or KvCacheSettings()
-        key = (adapter, quant_type, kv)
+        spec = Weights(quant_type=weights) if isinstance(weights, str) else weights
+        key = (adapter, spec, kv)
         if key not in self._accuracy_by_quant:
-            self._accuracy_by_quant[key] = self._validation_answers(
-                self._gguf(adapter, quant_type), kv
-            )
+            self._accuracy_by_quant[key] = self._validation_answers(self._gguf(adapter, spec), kv)
         return self._accuracy_by_quant[key]
 
     def _validation_answers(self, gguf: Path, kv: KvCacheSettings) -> TrialMetrics:
@@ -302,11 +365,17 @@ class LiveToolbox:
 
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         scored = self._deployed_accuracy(
-            adapter, config.quant_type, KvCacheSettings.deployed(config.runtime)
+            adapter, config.weights, KvCacheSettings.deployed(config.runtime)
         )
-        speed = self._benchmark(self._speed_gguf(adapter, config.quant_type), config.runtime)
+        speed = self._benchmark(self._speed_gguf(adapter, config.weights), config.runtime)
+        made = self._quantize_commands(adapter, config.weights, self._gguf(adapter, config.weights))
         return TrialMetrics(
-            **{**speed.model_dump(), "accuracy": scored.accuracy, "correct": scored.correct}
+            **{
+                **speed.model_dump(),
+                "accuracy": scored.accuracy,
+                "correct": scored.correct,
+                "quantize_commands": made or None,
+            }
         )
 
     def baseline(
@@ -329,7 +398,7 @@ class LiveToolbox:
     def final_test(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
         """The answer's accuracy on the test split and, where the run has held-out prose, its
         perplexity beside the reference's (F16) over the same windows, as it deploys."""
-        gguf = self._gguf(adapter, config.quant_type)
+        gguf = self._gguf(adapter, config.weights)
         kv = KvCacheSettings.deployed(config.runtime)
         scored = self._evaluate(gguf, None, self.s.test_files, kv)
         out = TrialMetrics(accuracy=scored.accuracy, correct=scored.correct)

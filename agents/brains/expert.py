@@ -10,8 +10,11 @@ Deployment (tuner): first choose the quantization type by *measured* hardware ev
 hardware analyst ranks the types by predicted decode (or prefill) speed from this machine's kernel
 microbenchmarks and bandwidth, so a machine without fast 4-bit kernels ranks Q8_0 above Q4 — and
 skip types more aggressive than one that already failed the accuracy floor (a type the memory
-gate rejected is not proposed again: the rejection is in the history). Then refine the runtime
-settings around the best configuration: threads, flash attention, micro-batch, KV-cache type.
+gate rejected is not proposed again: the rejection is in the history). A type that measured
+faster than the incumbent but missed the accuracy floor gets the same file quantized with an
+importance matrix (same size and speed, less rounding error where it matters), then with its
+sensitive tensors one step up too. Then refine the runtime settings around the best
+configuration: threads, flash attention, micro-batch, KV-cache type.
 """
 
 from __future__ import annotations
@@ -96,7 +99,12 @@ class ExpertBrain:
         types; recover accuracy with safer types when nothing measured kept the floor; probe the
         headroom below the boldest type that kept it; refine the runtime settings of the best."""
         view = _DeployView.of(ctx)
-        for policy in (_measure_ranked_types, _recover_accuracy, _probe_headroom):
+        for policy in (
+            _measure_ranked_types,
+            _recover_accuracy,
+            _probe_headroom,
+            _rescue_with_imatrix,
+        ):
             proposal = policy(ctx, view)
             if proposal is not None:
                 return proposal
@@ -265,6 +273,66 @@ def _probe_headroom(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
         return Proposal(
             action="trial", config=candidate, thought=f"policy: {quant} ({bits:g} bits): {why}"
         )
+    return None
+
+
+#: What the expert tries on a type that missed the accuracy floor, in order: the same file
+#: quantized with an importance matrix, then with attn_v and ffn_down one step up as well.
+RESCUES: tuple[tuple[dict[str, Any], str], ...] = (
+    ({"imatrix": True}, "an importance matrix: same size and speed, less rounding error"),
+    (
+        {"imatrix": True, "recipe": "sensitive_up"},
+        "an importance matrix and attn_v/ffn_down one step up",
+    ),
+)
+
+
+def _missed_accuracy(t: TrialView, ctx: DecisionContext) -> bool:
+    """Measured, infeasible and within the memory budget: the accuracy floor is what it missed
+    (a quantized K/V cache may be to blame instead, so those trials are left out)."""
+    budget = ctx.goal.memory_budget_bytes
+    over_memory = budget is not None and (t.peak_mem_bytes or 0) > budget
+    return (
+        t.status == "ok"
+        and not t.feasible
+        and t.accuracy is not None
+        and not over_memory
+        and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
+        and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
+    )
+
+
+def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
+    """A type faster than the incumbent (any type, when nothing kept the floor) that missed the
+    accuracy floor only on its rounding: the same file with an importance matrix, then with its
+    sensitive tensors one step up. The closest miss (most bits) first."""
+    if "imatrix" not in ctx.space.names:
+        return None
+    best = ctx.incumbent()
+    order = view.speed_order
+    limit = (
+        order.index(str(best.config["quant_type"]))
+        if best and best.config.get("quant_type") in order
+        else len(order)
+    )
+    missed = [t for t in ctx.history if _missed_accuracy(t, ctx)]
+    for t in sorted(missed, key=lambda t: -_bits(t.config.get("quant_type"))):
+        quant = str(t.config.get("quant_type"))
+        if quant in order and order.index(quant) >= limit:
+            continue  # not faster than what already holds the floor
+        for change, why in RESCUES:
+            candidate = {**t.config, **change}
+            if canonical(candidate) in view.tried:
+                continue
+            try:
+                ctx.space.validate_config(candidate)
+            except Exception:
+                continue
+            return Proposal(
+                action="trial",
+                config=candidate,
+                thought=f"policy: {quant} missed the accuracy floor (trial {t.trial_id}); {why}",
+            )
     return None
 
 

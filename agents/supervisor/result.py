@@ -96,6 +96,11 @@ class RunResult(BaseModel):
     )
     llama_server_cmd: str | None = None
     llama_cli_cmd: str | None = None
+    quantize_commands: list[str] = Field(
+        default_factory=list,
+        description="llama.cpp command lines that make the answer's GGUF by hand from its "
+        "full-precision file (llama-imatrix, llama-quantize with the recipe's flags)",
+    )
     invalid_proposals: int = 0
     rejected_trials: int = 0
     failed_trials: int = 0
@@ -471,6 +476,7 @@ def _answer(
             **_speedups(baselines, decode, prefill),
             "llama_server_cmd": server,
             "llama_cli_cmd": cli,
+            "quantize_commands": winning_trial.metrics.quantize_commands or [],
         }
     )
 

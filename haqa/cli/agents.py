@@ -258,6 +258,13 @@ def run_command(
         int | None,
         typer.Option("--perplexity-windows", help="512-token windows scored (0: no perplexity)"),
     ] = None,
+    calibration_text: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-text",
+            help="text for the importance matrix of imatrix trials (default: the train split)",
+        ),
+    ] = None,
     n_prompt: Annotated[int | None, typer.Option("--n-prompt")] = None,
     n_gen: Annotated[int | None, typer.Option("--n-gen")] = None,
     repetitions: Annotated[int | None, typer.Option("--repetitions")] = None,
@@ -274,8 +281,24 @@ def run_command(
     llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model")] = None,
     llm_gguf: Annotated[str | None, typer.Option("--llm-gguf")] = None,
+    llm_timeout: Annotated[
+        float | None,
+        typer.Option("--llm-timeout", help="seconds before an LLM endpoint's step falls back"),
+    ] = None,
     tabular: Annotated[
         str | None, typer.Option("--tabular", help="answer deploy trials from a recorded grid")
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="run trials as Ray tasks on a cluster: auto, ray://HOST:PORT, HOST:PORT, or "
+            "local (docs/cluster.md); needs the `cluster` extra",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="with --cluster: the device kind (fingerprint) to tune for"),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML run config")] = None,
@@ -320,7 +343,9 @@ def run_command(
     Exit codes: 0 an answer that meets the goal; 2 bad input; 3 the run ended and no
     configuration met the goal; 4 the run stopped before the end (resume it with --resume);
     5 the regression gate failed (--baseline). With --json the answer is one JSON document on
-    stdout (schema: docs/run-answer.schema.json).
+    stdout (schema: docs/run-answer.schema.json). With --cluster the trials run as Ray tasks,
+    speed trials alone on a node of the target device kind, and each trial records its node
+    (docs/cluster.md).
     """
     from haqa.graph.run import resume_run, start_run
 
@@ -355,13 +380,17 @@ def run_command(
             "eval_limit": eval_limit,
             "eval_text": eval_text,
             "perplexity_windows": perplexity_windows,
+            "calibration_text": calibration_text,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
             "repetitions": repetitions,
             "llm_base_url": llm_base_url,
             "llm_model": llm_model,
             "llm_gguf": llm_gguf,
+            "llm_timeout_s": llm_timeout,
             "tabular": tabular,
+            "cluster": cluster,
+            "target": target,
             "seed": seed,
             "baseline": baseline,
             "max_regression": max_regression,
