@@ -19,6 +19,7 @@ types it beats on both figures and the uniform types that beat it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,11 @@ class Row:
 
     @property
     def tg(self) -> float:
-        return sum(self.decode) / len(self.decode)
+        return sum(self.decode) / len(self.decode) if self.decode else math.nan
 
     @property
     def pp(self) -> float:
-        return sum(self.prefill) / len(self.prefill)
+        return sum(self.prefill) / len(self.prefill) if self.prefill else math.nan
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -103,7 +104,8 @@ def _verdicts(rows: list[Row]) -> list[str]:
     for r in rows:
         if r.weights.plain:
             continue
-        for key, name in (("size", "size"), ("tg", "decode")):
+        keys = (("size", "size"), ("tg", "decode")) if r.decode else (("size", "size"),)
+        for key, name in keys:
 
             def pt(x: Row, k: str = key) -> tuple[float, float]:
                 return (x.ppl, x.size_mib) if k == "size" else (x.ppl, -x.tg)
@@ -147,7 +149,9 @@ def main() -> int:
     ap.add_argument("--weights", default=f"{UNIFORM},{VARIANTS}")
     ap.add_argument("--ppl-windows", type=int, default=16)
     ap.add_argument("--imatrix-chunks", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved speed rounds (0: sizes only)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--plot", type=Path, default=None, help="write the two fronts as a PNG")
     a = ap.parse_args()
@@ -178,7 +182,8 @@ def main() -> int:
             tg, pp = _speed(r.path, a.threads)
             r.decode.append(tg)
             r.prefill.append(pp)
-    size_front, speed_front = _front(rows, "size"), _front(rows, "tg")
+    size_front = _front(rows, "size")
+    speed_front = _front(rows, "tg") if a.rounds else set()
     print()
     print(
         "| weights | size MiB | bits/weight | perplexity | decode tok/s | prefill tok/s "
