@@ -34,6 +34,13 @@ def _gguf_deploys_only(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "budgets": budgets}
 
 
+class Fleet(Strict):
+    """The fleet a run is one device kind of (``--targets``), stored with each of its runs."""
+
+    fleet_id: str
+    kinds: list[str] = Field(min_length=1)
+
+
 class RunConfig(Strict):
     """Everything that defines a run (stored with it, so resume and --rerun need nothing else)."""
 
@@ -99,6 +106,17 @@ class RunConfig(Strict):
         None,
         description="with --cluster: the device kind (hardware fingerprint) speed trials run on; "
         "default: the cluster's only kind (a recorded grid: the grid's)",
+    )
+    targets: list[str] | None = Field(
+        None,
+        description="with --cluster: a fleet run, tuned for several device kinds at once: all "
+        "(every kind in the cluster) or fingerprints; one fine-tune stage, then a deploy stage "
+        "and an answer per kind, each kind's its own run",
+    )
+    fleet: Fleet | None = Field(
+        None,
+        description="set by haqa on each run of a fleet (--targets): the fleet's id and its "
+        "device kinds, in the order their deploy stages run",
     )
     replay_time_scale: float = Field(
         1.0,
@@ -180,6 +198,28 @@ class RunConfig(Strict):
         if value is not None and not info.data.get("cluster"):
             raise ValueError("a device kind of a cluster: pass --cluster too")
         return value
+
+    @field_validator("targets")
+    @classmethod
+    def _fleet_on_a_cluster(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # Checked with the config, so a fleet that cannot be run fails before anything is built.
+        if value is None:
+            return None
+        kinds = [k.strip() for item in value for k in item.split(",") if k.strip()]
+        if not kinds:
+            raise ValueError("--targets: all, or device kinds (fingerprints)")
+        if not info.data.get("cluster"):
+            raise ValueError("device kinds of a cluster: pass --cluster too")
+        if info.data.get("target") is not None:
+            raise ValueError("--target (one device kind) or --targets (a fleet), not both")
+        if info.data.get("tabular"):
+            raise ValueError(
+                "a recorded grid answers for its own device kind only: a fleet (--targets) "
+                "needs live trials"
+            )
+        if "all" in kinds and len(kinds) > 1:
+            raise ValueError("--targets: all, or a list of fingerprints, not both")
+        return list(dict.fromkeys(kinds))
 
     def regression_limits(self) -> RegressionLimits | None:
         """The gate's limits: None without a baseline."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from haqa.agents.brains import make_brain
 from haqa.agents.runtime import ROLE_SUPERVISOR, EventSink, RunControl, RunRuntime
@@ -18,11 +18,11 @@ from haqa.agents.supervisor.result import RunResult
 from haqa.errors import HaqaError
 from haqa.goal import Goal
 from haqa.graph.build import build_graph
-from haqa.graph.config import RunConfig
+from haqa.graph.config import Fleet, RunConfig
 from haqa.modelref import resolve_model
 from haqa.regression import GateSpec
 from haqa.space import SearchSpace, deploy_space, finetune_space
-from haqa.store import Store
+from haqa.store import RunRecord, Store, TrialResult, new_run_id
 from haqa.trials.cluster import OnCluster
 from haqa.trials.registry import reap_strays, registry_dir
 from haqa.trials.toolbox import LiveToolbox, Toolbox, ToolboxSettings
@@ -218,7 +218,10 @@ def start_run(
     on_event: EventSink | None = None,
     control: RunControl | None = None,
     run_id: str | None = None,
+    share_finetune: str | None = None,
 ) -> tuple[str, RunResult | None]:
+    """Start a run and drive it to its end; ``share_finetune`` (a fleet's later device kinds):
+    the run whose fine-tune stage this one takes as its own instead of fine-tuning again."""
     goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     try:  # a cluster joined (or started: `local`) by _setup is left on any error before the run
         make_brain(cfg, store)  # an unknown replay run or a missing LLM setting fails first
@@ -246,6 +249,8 @@ def start_run(
     # The model on a line of its own, its requantization note first (a path can be long).
     note = summary[len(cfg.model) :].strip(" ()")
     rt.say("supervisor", ROLE_SUPERVISOR, f"model: {note + ': ' if note else ''}{cfg.model}")
+    if share_finetune:
+        _share_finetune(rt, share_finetune)
     return record.run_id, _drive(rt)
 
 
@@ -327,11 +332,15 @@ def resume_run(
     toolbox: Toolbox | None = None,
     on_event: EventSink | None = None,
     control: RunControl | None = None,
+    share_finetune: str | None = None,
 ) -> RunResult | None:
     record = store.get_run(run_id)
     if record.status == "finished":
         raise HaqaError(f"run {run_id} already finished: see `haqa replay {run_id}`")
     cfg = RunConfig.model_validate(record.config or {})
+    if share_finetune is None and cfg.fleet is not None:  # a later kind of a fleet, resumed alone
+        first = store.fleet_runs(cfg.fleet.fleet_id)[0].run_id
+        share_finetune = first if first != run_id else None
     goal, toolbox, space, summary = _setup(store, cfg, toolbox)
     store.set_run_status(run_id, "running")
     try:
@@ -341,6 +350,8 @@ def resume_run(
         raise
     done = len(store.list_trials(run_id))
     rt.say("supervisor", ROLE_SUPERVISOR, f"resumed run {run_id}: {done} finished trials kept")
+    if share_finetune:
+        _share_finetune(rt, share_finetune)
     return _drive(rt)
 
 
@@ -361,3 +372,122 @@ def _drive(rt: RunRuntime) -> RunResult | None:
         return None
     run = rt.store.get_run(rt.run_id)
     return RunResult.model_validate(run.result) if run.result else None
+
+
+# -- fleet runs (--targets) ------------------------------------------------------------------
+
+#: A fleet's id: this prefix and a run id's form (a fleet is not a run: each kind's run is one).
+FLEET_PREFIX = "fleet-"
+
+
+class FleetMember(NamedTuple):
+    """One device kind of a fleet: its run and that run's answer (None: it stopped)."""
+
+    kind: str
+    run_id: str
+    result: RunResult | None
+
+
+def fleet_of(store: Store, run_id: str) -> str | None:
+    """The fleet a stored run is one device kind of, if any."""
+    fleet = (store.get_run(run_id).config or {}).get("fleet") or {}
+    return str(fleet["fleet_id"]) if fleet.get("fleet_id") else None
+
+
+def start_fleet(
+    store: Store,
+    cfg: RunConfig,
+    *,
+    on_event: EventSink | None = None,
+    control: RunControl | None = None,
+) -> tuple[str, list[FleetMember]]:
+    """A fleet run (``--targets``): the device kinds read from the cluster, then one run per
+    kind, in order: the first fine-tunes and deploys, each later one takes the first's fine-tune
+    stage as its own and tunes the deployment for its kind (its speed trials on nodes of that
+    kind). Each kind's answer is its run's; the fleet ends early only when a run stops."""
+    if not (cfg.cluster and cfg.targets):
+        raise HaqaError("a fleet run needs --cluster and --targets")
+    kinds: list[str] = _ray_backend().fleet_kinds(cfg.cluster, cfg.targets)
+    fleet = Fleet(fleet_id=FLEET_PREFIX + new_run_id(), kinds=kinds)
+    base = cfg.model_copy(update={"targets": None, "fleet": fleet})
+    return fleet.fleet_id, _drive_fleet(store, base, on_event, control)
+
+
+def resume_fleet(
+    store: Store,
+    fleet_id: str,
+    *,
+    on_event: EventSink | None = None,
+    control: RunControl | None = None,
+) -> list[FleetMember]:
+    """Continue a fleet: a kind whose run finished is kept as it is, a stopped run is resumed,
+    a kind not started yet is started."""
+    runs = store.fleet_runs(fleet_id)
+    if not runs:
+        raise HaqaError(f"fleet {fleet_id!r} is not in {store.path}: see `haqa runs` for fleet ids")
+    # The first kind's config, less what was its own: its kind and the baseline resolved for it.
+    stored = RunConfig.model_validate(runs[0].config or {})
+    base = stored.model_copy(update={"target": None, "baseline_run": None})
+    return _drive_fleet(store, base, on_event, control)
+
+
+def _drive_fleet(
+    store: Store, base: RunConfig, on_event: EventSink | None, control: RunControl | None
+) -> list[FleetMember]:
+    fleet = base.fleet
+    assert fleet is not None
+    runs: dict[str, RunRecord] = {}
+    for r in store.fleet_runs(fleet.fleet_id):  # a kind's first run is its run
+        runs.setdefault(str((r.config or {}).get("target")), r)
+    members: list[FleetMember] = []
+    first: str | None = None  # the run whose fine-tune stage the later kinds share
+    for kind in fleet.kinds:
+        run = runs.get(kind)
+        if run is None:
+            cfg = base.model_copy(update={"target": kind})
+            run_id, result = start_run(
+                store, cfg, on_event=on_event, control=control, share_finetune=first
+            )
+        elif run.status == "finished":  # measured once: never again
+            run_id = run.run_id
+            result = RunResult.model_validate(run.result) if run.result else None
+        else:
+            run_id = run.run_id
+            result = resume_run(
+                store, run_id, on_event=on_event, control=control, share_finetune=first
+            )
+        members.append(FleetMember(kind, run_id, result))
+        if result is None:
+            break  # stopped: the fleet is resumable from here
+        first = first or run_id
+    return members
+
+
+def _share_finetune(rt: RunRuntime, source: str) -> None:
+    """Take the fine-tune stage of ``source`` (a fleet's first run) as this run's own: its
+    trials, copied as they were measured (the fine-tuned adapter is the same file), and its end
+    mark, which names the run it came from. Nothing is copied twice (a resumed run)."""
+    if "finetune_done" in rt.supervisor_marks():
+        return
+    done = rt.store.list_messages(source)
+    mark = next(
+        (
+            m
+            for m in reversed(done)
+            if m.tool_name == "mark" and (m.tool_args or {}).get("mark") == "finetune_done"
+        ),
+        None,
+    )
+    if mark is None or mark.tool_args is None:
+        raise HaqaError(f"run {source} has no finished fine-tune stage to share")
+    have = len(rt.trials("finetune"))
+    for t in rt.store.list_trials(source, stage="finetune")[have:]:
+        rt.add_trial(TrialResult.model_validate(t.model_dump(exclude={"run_id", "trial_id"})))
+    payload = {k: v for k, v in mark.tool_args.items() if k != "mark"}
+    rt.mark(
+        "finetune_done",
+        f"fine-tuning stage shared with run {source} (the fleet's first device kind): "
+        f"{mark.content}",
+        **payload,
+        shared_from=source,
+    )

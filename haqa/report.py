@@ -331,8 +331,109 @@ def write_report(store: Store, run_id: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(run, trials, out_dir)
     path = out_dir / "report.md"
-    path.write_text(render(run, trials, plots), encoding="utf-8")
+    text = render(run, trials, plots)
+    fleet = fleet_id_of(run)
+    if fleet is not None:  # one device kind of a fleet: its siblings' answers beside its own
+        text += "\n" + "\n".join(_fleet_section(store, fleet)) + "\n"
+    path.write_text(text, encoding="utf-8")
     (out_dir / "result.json").write_text(
         json.dumps(run.result or {}, indent=2, sort_keys=True, default=str), encoding="utf-8"
     )
+    return path
+
+
+# -- fleets (haqa run --targets) -------------------------------------------------------------
+
+
+def fleet_id_of(run: RunRecord) -> str | None:
+    """The fleet a run is one device kind of (its config's ``fleet``), if any."""
+    fleet = (run.config or {}).get("fleet") or {}
+    return str(fleet["fleet_id"]) if fleet.get("fleet_id") else None
+
+
+def run_kind(run: RunRecord) -> str | None:
+    """The device kind a cluster run tuned for (its config's ``target``)."""
+    target = (run.config or {}).get("target")
+    return str(target) if target else None
+
+
+def fleet_kinds(store: Store, fleet_id: str) -> list[str]:
+    """A fleet's device kinds, in the order their deploy stages run."""
+    runs = store.fleet_runs(fleet_id)
+    fleet = ((runs[0].config or {}).get("fleet") or {}) if runs else {}
+    return [str(k) for k in fleet.get("kinds") or []]
+
+
+def answer_words(result: dict[str, Any]) -> str:
+    """A run's answer in a few words (its type and threads), or why there is none."""
+    if not result:
+        return "-"
+    if not result.get("found"):
+        return "none met the goal"
+    cfg = result.get("config") or {}
+    return f"{cfg.get('quant_type', '?')} n_threads={cfg.get('n_threads', '?')}"
+
+
+def fleet_table(runs: Sequence[RunRecord], kinds: Sequence[str]) -> list[str]:
+    """A fleet's answers side by side, one row per device kind (Markdown)."""
+    by_kind = {run_kind(r): r for r in runs}
+    lines = [
+        "| device kind | run | status | answer | decode tok/s | prefill tok/s | accuracy "
+        "(validation) | decode speedup vs defaults |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in kinds:
+        run = by_kind.get(kind)
+        if run is None:
+            lines.append(f"| {kind} | - | not started | - | - | - | - | - |")
+            continue
+        result: dict[str, Any] = run.result or {}
+        speedups = result.get("speedup_decode") or {}
+        lines.append(
+            f"| {kind} | {run.run_id} | {run.status} | {answer_words(result)} | "
+            f"{_fmt(result.get('decode_tps'))} | {_fmt(result.get('prefill_tps'))} | "
+            f"{_fmt(result.get('accuracy_validation'), '.3f')} | "
+            + (", ".join(f"{q} {_fmt(v, '.2f')}x" for q, v in speedups.items()) or "-")
+            + " |"
+        )
+    return lines
+
+
+def _fleet_section(store: Store, fleet_id: str) -> list[str]:
+    return [
+        f"## Fleet {fleet_id}",
+        "",
+        "One fine-tune stage, then a deploy stage and an answer per device kind:",
+        "",
+        *fleet_table(store.fleet_runs(fleet_id), fleet_kinds(store, fleet_id)),
+    ]
+
+
+def write_fleet_report(store: Store, fleet_id: str, out_dir: Path) -> Path:
+    """Write a fleet's ``report.md`` into ``out_dir``: its answers side by side, with links to
+    each kind's own report (``out_dir/KIND/report.md``, where ``haqa run`` writes them)."""
+    runs = store.fleet_runs(fleet_id)
+    kinds = fleet_kinds(store, fleet_id)
+    first = runs[0] if runs else None
+    lines = [f"# haqa fleet {fleet_id}", ""]
+    if first is not None:
+        lines += [f"- model: `{first.model}`", f"- brain: {first.brain}"]
+        lines += [f"- goal: {(first.result or {}).get('goal', first.goal)}"]
+    shared = f" (run {first.run_id})" if first is not None else ""
+    lines += [
+        f"- device kinds: {', '.join(kinds)}",
+        f"- fine-tune stage: once, in the first kind's run{shared}; every later kind's run "
+        "takes it as its own",
+        "",
+        "## Answers",
+        "",
+        *fleet_table(runs, kinds),
+        "",
+    ]
+    written = [f"[{k}]({k}/report.md)" for k in kinds if (out_dir / k / "report.md").is_file()]
+    if written:
+        lines += [f"Each kind's own report: {', '.join(written)}", ""]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path

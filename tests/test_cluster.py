@@ -55,7 +55,9 @@ pytestmark = [
 ]
 
 
-def _in_cluster(scenario: str, tiny_grid: tuple[Path, str], tmp_path: Path) -> dict[str, Any]:
+def _in_cluster(
+    scenario: str, tiny_grid: tuple[Path, str], tmp_path: Path, *, guard_s: float = 400
+) -> dict[str, Any]:
     """Run the scenario in a loopback-only namespace; what the child recorded."""
     db, grid_id = tiny_grid
     store = tmp_path / "haqa.duckdb"
@@ -82,7 +84,7 @@ def _in_cluster(scenario: str, tiny_grid: tuple[Path, str], tmp_path: Path) -> d
         stderr=subprocess.STDOUT,
     )
     try:
-        log, _ = proc.communicate(timeout=400)  # a guard against a hang, not a time budget
+        log, _ = proc.communicate(timeout=guard_s)  # a guard against a hang, not a time budget
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever the child left in its group
@@ -143,3 +145,51 @@ def test_a_node_killed_mid_trial_costs_only_that_attempt(
     later = [t for t in deployed if t["trial_id"] > retried[0]["trial_id"]]
     assert all(t["metrics"]["node"]["node_id"] == survivor for t in later)
     assert not [t for t in result["trials"] if "node fault" in (t["error"] or "")]
+
+
+#: Trials that measure speed: each must run on a node of its run's device kind.
+SPEED_TOOLS = {"deploy_trial", "benchmark_llamacpp", "anchor"}
+
+
+def test_a_fleet_run_answers_once_per_device_kind(
+    tiny_grid: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Two device kinds that differ in the cores their node may use (one CPU, two): one live
+    fine-tune stage, then a deploy stage per kind on that kind's node, two answers; a resume of
+    the finished fleet measures nothing again; a kind the cluster lacks is refused."""
+    result = _in_cluster("fleet", tiny_grid, tmp_path, guard_s=1500)
+    assert result["code"] == 0, result["runs"]
+    fleet, nodes = result["fleet"], result["nodes"]
+    assert fleet["kinds"] == sorted(nodes)  # --targets all: every kind of the cluster
+    members = {r["config"]["target"]: r for r in result["runs"]}
+    assert set(members) == set(nodes)
+    assert all(r["config"]["fleet"]["fleet_id"] == fleet["fleet_id"] for r in members.values())
+    assert all(r["status"] == "finished" and r["result"]["found"] for r in members.values())
+    cpus = {"f1f1f1f1f1f1": 1, "f2f2f2f2f2f2": 2}
+    for kind, run in members.items():
+        trials = [t for t in result["trials"] if t["run_id"] == run["run_id"]]
+        speed = [t for t in trials if t["stage"] == "deploy" and t["tool"] in SPEED_TOOLS]
+        assert speed and all(t["metrics"]["node"]["node_id"] == nodes[kind] for t in speed), kind
+        assert {t["metrics"]["node"]["fingerprint"] for t in speed} == {kind}
+        assert run["result"]["config"]["n_threads"] <= cpus[kind]  # its kind's cores, no more
+    # One fine-tune stage: the second kind's run holds the first's trials, not new ones.
+    first, second = (members[k]["run_id"] for k in fleet["kinds"])
+
+    def finetune(run_id: str) -> list[tuple[str, str]]:
+        rows = [t for t in result["trials"] if t["run_id"] == run_id and t["stage"] == "finetune"]
+        return [(t["tool"], t["started_at"]) for t in rows]
+
+    assert finetune(first) and finetune(second) == finetune(first)
+    assert [t for t, _ in finetune(first)].count("run_qlora") == 1
+    shared = [
+        m["tool_args"]
+        for m in result["messages"][second]
+        if m["tool_name"] == "mark" and m["tool_args"]["mark"] == "finetune_done"
+    ]
+    assert [a["shared_from"] for a in shared] == [first]
+    for kind in fleet["kinds"]:  # the fleet's report: one answer per kind, side by side
+        assert f"| {kind} | {members[kind]['run_id']} | finished |" in result["report"]
+    # --resume of a finished fleet redoes no kind; an unknown kind is a one-line refusal.
+    assert result["resume_code"] == 0
+    assert len(result["trials"]) == result["trials_before_resume"]
+    assert result["unknown_kind_code"] == 2

@@ -86,3 +86,15 @@ def test_a_target_without_a_cluster_is_refused_with_the_config() -> None:
     with pytest.raises(ValidationError, match="pass --cluster too"):
         RunConfig(target="aaaa")
     assert RunConfig(cluster="auto", target="aaaa").target == "aaaa"
+
+
+def test_a_fleets_kinds_are_read_from_the_cluster() -> None:
+    from haqa.errors import HaqaError
+
+    two = _Nodes([*SESSION.nodes(), _node("arm", "bbbb", 2, 4)])
+    assert two.resolve_targets(["all"]) == ["aaaa", "bbbb"]  # every kind, no plain node
+    assert two.resolve_targets(["bbbb", "aaaa"]) == ["bbbb", "aaaa"]
+    with pytest.raises(HaqaError, match=r"kind cccc .*\(kinds: aaaa, bbbb\)"):
+        two.resolve_targets(["aaaa", "cccc"])
+    with pytest.raises(HaqaError, match="no haqa node"):
+        _Nodes([_node("gpu", None, 16, 64)]).resolve_targets(["all"])

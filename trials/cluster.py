@@ -144,6 +144,26 @@ class ClusterSession:
             "FINGERPRINT"
         )
 
+    def resolve_targets(self, requested: list[str]) -> list[str]:
+        """The device kinds of a fleet run (``--targets``): ``all`` (every kind the cluster has,
+        sorted), else the ones asked for, each of which must have a live node; a one-line error
+        naming the cluster's kinds otherwise."""
+        kinds = self.kinds()
+        if not kinds:
+            raise HaqaError(
+                f"the cluster at {self.address} has no haqa node: start its nodes with "
+                '`ray start ... --resources "$(haqa cluster resources)"`'
+            )
+        if requested == ["all"]:
+            return sorted(kinds)
+        missing = [k for k in requested if k not in kinds]
+        if missing:
+            raise HaqaError(
+                f"--targets: no live node of device kind {', '.join(missing)} in the cluster at "
+                f"{self.address} (kinds: {', '.join(sorted(kinds))})"
+            )
+        return list(requested)
+
     def close(self) -> None:
         """Disconnect (and stop the cluster, when this process started it: ``local``)."""
         import ray

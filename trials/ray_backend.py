@@ -466,6 +466,19 @@ def live_cluster_toolbox(
     )
 
 
+def fleet_kinds(address: str, targets: list[str]) -> list[str]:
+    """The device kinds a fleet run tunes for (``--targets all`` or fingerprints), read from the
+    cluster's live nodes (``local``: this machine's kind)."""
+    from haqa.tools.probe_hardware import Args, probe_hardware
+
+    here = probe_hardware(Args(measure_bandwidth=False)).fingerprint if address == "local" else None
+    session = connect(address, local_fingerprint=here)
+    try:
+        return session.resolve_targets(targets)
+    finally:
+        session.close()
+
+
 def recorded_cluster_toolbox(
     address: str,
     store: Store,

@@ -280,16 +280,19 @@ def status_line(
 
 
 def result_headline(run: RunRecord) -> str:
-    """One line for the home screen's ``best`` column."""
+    """One line for the home screen's ``best`` column; a fleet's run (``--targets``) names its
+    device kind first, so a fleet's answers read side by side, one row per kind."""
+    config = run.config or {}
+    kind = f"{config['target']}: " if config.get("fleet") and config.get("target") else ""
     result = run.result or {}
     if not result:
-        return "-"
+        return f"{kind}-"
     if not result.get("found"):
-        return "none met the goal"
+        return f"{kind}none met the goal"
     cfg = result.get("config") or {}
     tg = result.get("decode_tps")
     speed = f" {tg:.1f} tg/s" if isinstance(tg, int | float) else ""
-    return f"{cfg.get('quant_type', '?')} t{cfg.get('n_threads', '?')}{speed}"
+    return f"{kind}{cfg.get('quant_type', '?')} t{cfg.get('n_threads', '?')}{speed}"
 
 
 def fold(text: str, *, max_lines: int = 12, max_chars: int = 1200) -> tuple[str, int]:

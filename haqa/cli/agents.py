@@ -12,11 +12,12 @@ from rich.markup import escape
 from haqa.agents.brains import ALL_BRAINS
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, open_store
-from haqa.errors import GoalNotMet, RegressionFailed, RunStopped
+from haqa.errors import GoalNotMet, HaqaError, RegressionFailed, RunStopped
 from haqa.regression import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
     from haqa.agents.supervisor.result import RunResult
+    from haqa.graph.run import FleetMember
     from haqa.store import MessageRecord, Store
 
 AGENT_STYLE = {
@@ -106,6 +107,37 @@ class AnswerOutput:
             sys.stdout.write(doc + "\n")
             sys.stdout.flush()
 
+    def write_fleet(
+        self,
+        store: Store,
+        fleet_id: str,
+        members: list[FleetMember],
+        reports: dict[str, Path],
+    ) -> None:
+        """A fleet's answers as one JSON document: the fleet id and each kind's run answer."""
+        if not (self.as_json or self.output):
+            return
+        import json
+
+        from haqa.cli.answer import run_answer
+        from haqa.paths import write_text_atomic
+
+        answers = [
+            run_answer(
+                run=store.get_run(m.run_id),
+                store_path=store.path,
+                result=m.result,
+                report=reports.get(m.run_id),
+            ).model_dump(mode="json")
+            for m in members
+        ]
+        doc = json.dumps({"fleet_id": fleet_id, "answers": answers}, indent=2)
+        if self.output:
+            write_text_atomic(self.output, doc + "\n")
+        if self.as_json:
+            sys.stdout.write(doc + "\n")
+            sys.stdout.flush()
+
 
 def _finish(
     store: Store,
@@ -162,6 +194,64 @@ def _finish(
         console.print(escape(result.regression.reason()))
         if not result.regression.passed:
             raise RegressionFailed(f"run {run_id}: {result.regression.reason()}")
+
+
+def _finish_fleet(
+    store: Store,
+    fleet_id: str,
+    members: list[FleetMember],
+    report_dir: Path | None,
+    answer: AnswerOutput,
+) -> None:
+    """A fleet's end: a report per kind and the fleet's (its answers side by side), one line
+    per kind here; the exit code is the worst of its runs' (stopped, then goal not met, then a
+    failed regression gate)."""
+    from haqa.report import fleet_kinds, write_fleet_report, write_report
+
+    folder = report_dir or Path("haqa-reports") / fleet_id
+    reports = {
+        m.run_id: write_report(store, m.run_id, folder / m.kind)
+        for m in members
+        if m.result is not None
+    }
+    path = write_fleet_report(store, fleet_id, folder)
+    answer.write_fleet(store, fleet_id, members, reports)
+    kinds = fleet_kinds(store, fleet_id)
+    console.rule(f"[bold]fleet {fleet_id}: {len(kinds)} device kind(s)")
+    for m in members:
+        r = m.result
+        if r is None:
+            line = "stopped before the end"
+        elif not r.found:
+            line = f"no answer: {r.headline()}"
+        else:
+            cfg = r.config or {}
+            line = (
+                f"{cfg.get('quant_type')} n_threads={cfg.get('n_threads')}: decode "
+                f"{r.decode_tps or 0:.1f} tok/s, prefill {r.prefill_tps or 0:.1f} tok/s, "
+                f"accuracy {_acc(r.accuracy_validation)} validation"
+            )
+        console.print(f"{m.kind} (run {m.run_id}): {escape(line)}")
+    for kind in kinds[len(members) :]:
+        console.print(f"{kind}: not started")
+    console.print(f"report: {path}")
+    if len(members) < len(kinds) or any(m.result is None for m in members):
+        raise RunStopped(
+            f"fleet {fleet_id} stopped before the end; continue it with "
+            f"`haqa run --resume {fleet_id}`"
+        )
+    missed = [m.kind for m in members if m.result is not None and not m.result.found]
+    if missed:
+        raise GoalNotMet(f"fleet {fleet_id}: no configuration met the goal on {', '.join(missed)}")
+    regressed = [
+        m.kind
+        for m in members
+        if m.result is not None and m.result.regression and not m.result.regression.passed
+    ]
+    if regressed:
+        raise RegressionFailed(
+            f"fleet {fleet_id}: regression gate failed on {', '.join(regressed)}"
+        )
 
 
 class _PhasePrinter:
@@ -300,10 +390,22 @@ def run_command(
         str | None,
         typer.Option("--target", help="with --cluster: the device kind (fingerprint) to tune for"),
     ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            help="with --cluster: a fleet run, one answer per device kind: all (every kind in "
+            "the cluster) or comma-separated fingerprints; one fine-tune stage, then a deploy "
+            "stage per kind (not with --target)",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML run config")] = None,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="continue a stopped or killed run")
+        str | None,
+        typer.Option(
+            "--resume", help="continue a stopped or killed run (or fleet: its fleet-… id)"
+        ),
     ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir")] = None,
     as_json: Annotated[
@@ -345,9 +447,18 @@ def run_command(
     5 the regression gate failed (--baseline). With --json the answer is one JSON document on
     stdout (schema: docs/run-answer.schema.json). With --cluster the trials run as Ray tasks,
     speed trials alone on a node of the target device kind, and each trial records its node
-    (docs/cluster.md).
+    (docs/cluster.md). With --targets (a fleet run) each device kind gets its own run and
+    answer after one shared fine-tune stage; --resume FLEET continues the kinds not finished,
+    and the exit code is the worst kind's.
     """
-    from haqa.graph.run import resume_run, start_run
+    from haqa.graph.run import (
+        FLEET_PREFIX,
+        fleet_of,
+        resume_fleet,
+        resume_run,
+        start_fleet,
+        start_run,
+    )
 
     answer = AnswerOutput(as_json, output, junit)
 
@@ -356,6 +467,13 @@ def run_command(
 
     if resume:
         store = open_store(db, create=False)
+        fleet_id = resume if resume.startswith(FLEET_PREFIX) else fleet_of(store, resume)
+        if fleet_id is not None:  # a fleet, or one kind's run of it: the whole fleet goes on
+            if junit:
+                raise HaqaError("--junit holds one run's answer: a fleet has one per kind")
+            members = resume_fleet(store, fleet_id, on_event=on_event)
+            _finish_fleet(store, fleet_id, members, report_dir, answer)
+            return
         result = resume_run(store, resume, on_event=on_event)
         _finish(store, resume, result, report_dir, answer)
         return
@@ -391,6 +509,7 @@ def run_command(
             "tabular": tabular,
             "cluster": cluster,
             "target": target,
+            "targets": [targets] if targets else None,
             "seed": seed,
             "baseline": baseline,
             "max_regression": max_regression,
@@ -403,9 +522,15 @@ def run_command(
             update={"finetune": cfg.finetune.model_copy(update={"max_steps": finetune_steps})}
         )
     cfg.parsed_goal()  # one-line errors for the goal before anything is stored
+    if cfg.targets and junit:
+        raise HaqaError("--junit holds one run's answer: a fleet (--targets) has one per kind")
     if not cfg.tabular:
         build_zoo_models(cfg.model, cfg.speed_model)
     store = open_store(db)
+    if cfg.targets:
+        fleet_id, members = start_fleet(store, cfg, on_event=on_event)
+        _finish_fleet(store, fleet_id, members, report_dir, answer)
+        return
     run_id, result = start_run(store, cfg, on_event=on_event)
     _finish(store, run_id, result, report_dir, answer)
 
@@ -438,7 +563,8 @@ def replay_command(
     from haqa.graph.run import start_run
 
     cfg = RunConfig.model_validate(record.config or {})
-    cfg = cfg.model_copy(update={"brain": "replay", "replay_run": run_id})
+    # A rerun is a run of its own, not one more kind of the fleet the recorded run was part of.
+    cfg = cfg.model_copy(update={"brain": "replay", "replay_run": run_id, "fleet": None})
 
     def on_event(m: MessageRecord) -> None:
         print_message(m, verbose=verbose)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from haqa.cli import app
 from haqa.cli.common import DbOption, console, open_store
-from haqa.store import TrialRecord
+from haqa.store import RunRecord, Store, TrialRecord
 from haqa.units import format_bytes
 
 
@@ -94,3 +94,30 @@ def runs_command(
             r.status,
         )
     console.print(table)
+    _fleet_tables(store, runs)
+
+
+def _fleet_tables(store: Store, runs: list[RunRecord]) -> None:
+    """Each fleet (``haqa run --targets``) among the runs: its answers side by side, one row per
+    device kind."""
+    from haqa.report import answer_words, fleet_id_of, fleet_kinds, run_kind
+
+    fleets = list(dict.fromkeys(f for f in map(fleet_id_of, runs) if f is not None))
+    for fleet_id in fleets:
+        members = {run_kind(r): r for r in store.fleet_runs(fleet_id)}
+        table = Table(title=f"fleet {fleet_id}: one answer per device kind")
+        for col in ("device kind", "run", "status", "answer", "tg t/s", "pp t/s", "acc"):
+            table.add_column(col, overflow="fold")
+        for kind in fleet_kinds(store, fleet_id):
+            r = members.get(kind)
+            result = (r.result or {}) if r else {}
+            table.add_row(
+                kind,
+                r.run_id if r else "-",
+                r.status if r else "not started",
+                answer_words(result),
+                _num(result.get("decode_tps"), "{:.1f}"),
+                _num(result.get("prefill_tps"), "{:.1f}"),
+                _num(result.get("accuracy_validation"), "{:.3f}"),
+            )
+        console.print(table)

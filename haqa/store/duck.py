@@ -238,6 +238,18 @@ class Store(GridMixin):
             cols = [d[0] for d in con.description]
         return [_run_from_row(dict(zip(cols, r, strict=True))) for r in rows]
 
+    def fleet_runs(self, fleet_id: str) -> list[RunRecord]:
+        """The runs of a fleet (``haqa run --targets``), one per device kind, oldest first: each
+        stores its fleet in its config (``fleet.fleet_id``)."""
+        with self._connect(read_only=True) as con:
+            rows = con.execute(
+                "SELECT * FROM runs WHERE json_extract_string(config, '$.fleet.fleet_id') = ? "
+                "ORDER BY created_at, run_id",
+                [fleet_id],
+            ).fetchall()
+            cols = [d[0] for d in con.description]
+        return [_run_from_row(dict(zip(cols, r, strict=True))) for r in rows]
+
     # -- trials ----------------------------------------------------------------------------
 
     def add_trial(self, run_id: str, trial: TrialResult) -> TrialRecord:

@@ -10,6 +10,10 @@ Scenarios:
 - ``fault``: two nodes of the grid's kind; the raylet of the node running the first replayed
   deploy trial is killed (SIGKILL, by pid) while the trial runs; every replayed deploy trial
   lasts at least ``KILLABLE_S`` (``replay_min_s``), however short the grid's recordings.
+- ``fleet``: two device kinds that differ in the cores their node may use (one CPU, two CPUs),
+  a live ``haqa run --targets all`` on the tiny zoo model (its cheapest settings: one short
+  fine-tune, one deploy trial per kind), then ``--resume`` of the finished fleet, and a
+  ``--targets`` naming a kind the cluster lacks (refused, exit 2). The grid is not used.
 """
 
 from __future__ import annotations
@@ -111,9 +115,70 @@ def _local(store: Path, grid: str, out: Path) -> int:
     return 0
 
 
+#: The fleet scenario's two device kinds: the fingerprint each node advertises, and its CPUs.
+FLEET_KINDS = {"f1f1f1f1f1f1": 1, "f2f2f2f2f2f2": 2}
+#: The cheapest live run of the tiny model: a 10-step fine-tune (the least the space allows),
+#: one deploy trial per kind, a goal any deployment meets (this checks where trials run, not
+#: accuracy).
+FLEET_RUN = [
+    "--model", "zoo:tiny", "--finetune-trials", "1", "--finetune-steps", "10",
+    "--deploy-trials", "1", "--eval-limit", "5", "--n-prompt", "16", "--n-gen", "4",
+    "--repetitions", "1", "--perplexity-windows", "0", "--max-accuracy-drop", "100",
+]  # fmt: skip
+
+
+def _fleet(store: Path, out: Path) -> int:
+    """A fleet run over two device kinds, its resume, and a kind the cluster lacks."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH},
+    )
+    try:
+        nodes = {
+            kind: cluster.add_node(num_cpus=cpus, resources=node_resources(kind))
+            for kind, cpus in FLEET_KINDS.items()
+        }
+        cluster.wait_for_nodes()
+        config = store.with_name("run.toml")
+        config.write_text("quick_analysis = true\n[measurement]\nanchor_every = 0\n")
+        common = ["--cluster", cluster.address, "--db", str(store), "--config", str(config)]
+        reports = store.with_name("reports")
+        started = time.time()
+        argv = ["run", *common, *FLEET_RUN, "--targets", "all", "--report-dir", str(reports)]
+        code = haqa_main(argv)
+        seconds = time.time() - started
+        runs = Store(store).list_runs()
+        fleet = next(((r.config or {}).get("fleet") or {} for r in runs), {})
+        trials_before = len(Store(store).list_trials())
+        resume_code = haqa_main(["run", "--resume", str(fleet.get("fleet_id")), *common[2:4]])
+        unknown = ["run", *common, *FLEET_RUN, "--targets", "f1f1f1f1f1f1,0a0a0a0a0a0a"]
+        result = {
+            "code": code,
+            "resume_code": resume_code,
+            "unknown_kind_code": haqa_main(unknown),
+            "seconds": seconds,
+            "nodes": {k: n.node_id for k, n in nodes.items()},
+            "fleet": fleet,
+            "report": (reports / "report.md").read_text() if code == 0 else "",
+            "trials_before_resume": trials_before,
+            "runs": [r.model_dump(mode="json") for r in Store(store).list_runs()],
+            "trials": [t.model_dump(mode="json") for t in Store(store).list_trials()],
+            "messages": {
+                r.run_id: [m.model_dump(mode="json") for m in Store(store).list_messages(r.run_id)]
+                for r in runs
+            },
+        }
+        out.write_text(json.dumps(result))
+    finally:
+        cluster.shutdown()  # type: ignore[no-untyped-call]
+    return 0
+
+
 def main(scenario: str, store: Path, grid: str, out: Path) -> int:
     if scenario == "local":
         return _local(store, grid, out)
+    if scenario == "fleet":
+        return _fleet(store, out)
     kind = Store(store).get_grid(grid).hardware_fingerprint
     cluster = Cluster(
         initialize_head=True,
