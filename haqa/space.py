@@ -58,7 +58,10 @@ class Knob(BaseModel):
                 raise bad
             return value
         if self.kind == "categorical":
-            if isinstance(value, bool) or value not in (self.choices or ()):
+            choices = self.choices or ()
+            # True == 1 in Python: a boolean matches boolean choices only, and only booleans do.
+            boolean = bool(choices) and all(isinstance(c, bool) for c in choices)
+            if isinstance(value, bool) is not boolean or value not in choices:
                 raise bad
             return value  # type: ignore[no-any-return]
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -129,13 +132,18 @@ class SearchSpace(BaseModel):
         return {name: self.knob(name).check(value) for name, value in proposal.items()}
 
     def restrict(self, **choices: Sequence[Scalar]) -> SearchSpace:
-        """A copy with some categorical knobs narrowed (e.g. threads up to this machine's cores)."""
+        """A copy with some knobs narrowed to the given choices (e.g. threads up to this
+        machine's cores, or a knob a recorded grid holds fixed). A boolean or numeric knob
+        narrowed becomes categorical, so no brain can propose a value outside the choices."""
         knobs = []
         for knob in self.knobs:
             if knob.name in choices:
                 allowed = tuple(choices[knob.name])
                 default = knob.default if knob.default in allowed else allowed[0]
-                knob = knob.model_copy(update={"choices": allowed, "default": default})
+                update: dict[str, Any] = {"choices": allowed, "default": default}
+                if knob.kind != "categorical":
+                    update.update(kind="categorical", low=None, high=None, log=False)
+                knob = knob.model_copy(update=update)
             knobs.append(knob)
         return self.model_copy(update={"knobs": tuple(knobs)})
 

@@ -90,6 +90,21 @@ def test_search_space_names_knob_and_allowed_values() -> None:
         ft.validate_config({"double_quant": "yes"})
 
 
+def test_a_knob_narrowed_to_fixed_values_refuses_the_others() -> None:
+    """A recorded grid holds imatrix (a boolean) fixed: narrowed, it is categorical, so a brain
+    offered the space cannot propose a value the grid never measured. A number narrowed too."""
+    space = deploy_space(2).restrict(imatrix=[False])
+    assert space.knob("imatrix").kind == "categorical" and space.knob("imatrix").choices == (False,)
+    assert space.validate_config({"imatrix": False}) == {"imatrix": False}
+    for bad in (True, 0):
+        with pytest.raises(HaqaError, match="imatrix"):
+            space.validate_config({"imatrix": bad})
+    ft = finetune_space().restrict(learning_rate=[2e-4, 1e-3])
+    assert ft.validate_config({"learning_rate": 1e-3}) == {"learning_rate": 1e-3}
+    with pytest.raises(HaqaError, match="learning_rate"):
+        ft.validate_config({"learning_rate": 5e-4})
+
+
 def test_every_default_is_inside_its_own_space() -> None:
     for space in (finetune_space(), deploy_space(8)):
         space.validate_config(space.defaults())

@@ -7,6 +7,7 @@ the time goes to the model, not to benchmarks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -16,14 +17,18 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from support.llm_stub import die, http_error, serve, stall, tool_call
 
+from haqa.agents.brains.base import DecisionContext, TrialView
 from haqa.agents.routing import Budgets
 from haqa.cli import main
+from haqa.goal import Goal
 from haqa.graph.config import RunConfig
 from haqa.graph.run import start_run
+from haqa.space import SearchSpace, deploy_space
 from haqa.store import MessageRecord, Store
 from haqa.zoo.smollm2 import Files
 
@@ -214,3 +219,150 @@ def test_the_grammar_offers_only_values_the_space_allows(stage: str) -> None:
     assert question.options is None  # too many configurations to list: a whole config
     assert question.schema["properties"]["action"]["enum"] == ["trial"]  # nothing feasible yet
     LlamaGrammar.from_json_schema(schema_text(question.schema), verbose=False)
+
+
+def _steps(space: SearchSpace, n: int) -> list[DecisionContext]:
+    """The contexts of ``n`` successive tuner steps, each after one more finished trial, with
+    dynamic prompts as the search step writes them."""
+    from haqa.agents.search_step import dynamic_prompt
+
+    defaults = space.defaults()
+    out, views = [], []
+    for step in range(n):
+        feedback = [f"trial {v.trial_id} finished: decode 80.0 t/s" for v in views[-3:]]
+        prompt = dynamic_prompt(
+            cast(Any, None), views=list(views), knobs=space.names, budget_left=n - step,
+            feedback=feedback, extra="Reference accuracy: 0.665; allowed drop 0.020.",
+        )  # fmt: skip
+        out.append(
+            DecisionContext(
+                run_id="r",
+                agent="tuner",
+                stage="deploy",
+                space=space,
+                goal=Goal.parse("decode"),
+                static_prompt="static",
+                dynamic_prompt=prompt,
+                history=list(views),
+                defaults=defaults,
+                budget_left=n - step,
+                feedback=feedback,
+            )
+        )
+        config = {**defaults, "quant_type": ["Q4_0", "Q8_0", "F16"][step % 3]}
+        config["flash_attn"] = step % 2 == 0
+        views.append(
+            TrialView(
+                trial_id=step + 1,
+                stage="deploy",
+                config=config,
+                status="ok",
+                accuracy=0.66,
+                decode_tps=80.0,
+                prefill_tps=900.0,
+                objective=80.0 + step,
+                feasible=True,
+            )
+        )
+    return out
+
+
+def _small_space() -> SearchSpace:
+    """Twelve configurations: three quant types, imatrix and flash attention on or off."""
+    space = deploy_space(2)
+    fixed = {
+        k.name: [k.default]
+        for k in space.knobs
+        if k.kind == "categorical" and k.name not in ("quant_type", "flash_attn")
+    }
+    return space.restrict(quant_type=["Q4_0", "Q8_0", "F16"], **fixed)
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_each_step_prompt_starts_with_the_previous_one_so_llama_cpp_reuses_it(
+    small: bool,
+) -> None:
+    """The local model's prompt is laid out for llama.cpp's prefix cache: everything but the
+    tail (trial count, budget, feedback) of one step is the start of the next step's prompt,
+    the history table is not sent twice, and only the latest feedback is sent."""
+    from haqa.agents.brains.constrained import decision_question
+
+    space = _small_space() if small else deploy_space(2)
+    users = [decision_question(ctx).messages[1]["content"] for ctx in _steps(space, 4)]
+    for before, after in itertools.pairwise(users[1:]):
+        stable = before[: before.index("Trials so far (")].rstrip("\n")
+        assert after.startswith(stable) and "| objective |" in stable
+        assert after.count("| objective |") == 1 and after.count("finished: decode") == 1
+        assert "Latest feedback:\n- trial " in after
+    if small:  # the whole catalogue is listed every step, in the same order
+        assert all("12: quant_type=F16, imatrix=True, flash_attn=True" in u for u in users)
+
+
+def test_the_catalogue_admits_only_untried_configurations() -> None:
+    from haqa.agents.brains.constrained import decision_question, parse_decision, picked_option
+    from haqa.agents.brains.react import InvalidAnswer
+
+    ctx = _steps(_small_space(), 3)[-1]  # two trials: Q4_0 with flash, Q8_0 without
+    question = decision_question(ctx)
+    assert question.options is not None and len(question.options) == 12
+    assert question.allowed is not None and len(question.allowed) == 10
+    assert question.schema["properties"]["option"]["enum"] == list(question.allowed)
+    tried = next(i for i in range(1, 13) if i not in question.allowed)
+    with pytest.raises(InvalidAnswer, match="tried already"):
+        picked_option(json.dumps({"option": tried, "thought": ""}), question)
+    pick = question.allowed[0]
+    proposal = parse_decision(json.dumps({"option": pick, "thought": "x"}), question, ctx.space)
+    assert proposal.config is not None
+    assert proposal.config["quant_type"] == question.options[pick - 1]["quant_type"]
+
+
+def test_the_local_model_writes_valid_answers_in_few_forward_passes(smol: Files) -> None:
+    """The real model answers a whole deployment configuration and a catalogue pick: each in
+    the space, compact JSON, far fewer forward passes than tokens, and a second step reuses
+    the first step's prompt from the cache."""
+    from haqa.agents.brains.constrained import decision_question, parse_decision
+    from haqa.agents.brains.llamacpp_brain import LocalModel
+    from haqa.schemas import DeployConfig
+
+    model = LocalModel(smol.f16_gguf, seed=3)
+    for small in (False, True):
+        space, calls = _small_space() if small else deploy_space(2), []
+        for ctx in _steps(space, 3)[1:]:
+            question = decision_question(ctx)
+            call = model.answer(question.messages, question.schema, brain="t", purpose="t")
+            proposal = parse_decision(call.answer, question, ctx.space)
+            if proposal.action == "trial":
+                assert proposal.config is not None
+                DeployConfig.model_validate({**ctx.defaults, **proposal.config})
+                assert ctx.space.validate_config(proposal.config)
+            assert call.answer == json.dumps(json.loads(call.answer), separators=(",", ":"))
+            assert call.forward_passes is not None and call.completion_tokens is not None
+            calls.append(call)
+        if not small:  # a whole configuration: its keys and punctuation cost no passes
+            assert (calls[0].forward_passes or 0) * 2 < (calls[0].completion_tokens or 0)
+        assert (calls[1].prompt_cached or 0) > (calls[0].prompt_tokens or 0) // 2
+        assert calls[1].threads is not None and calls[1].threads >= 1
+
+
+def test_a_whole_configuration_keeps_the_constraints_between_knobs() -> None:
+    """Decoded knob by knob, a configuration must not break the checks that tie knobs together
+    (n_ubatch <= n_batch; a quantized V cache needs flash attention): each knob is offered only
+    the values still possible after the ones before it, so any sequence of choices is valid."""
+    import random
+
+    from haqa.agents.brains.constrained import decision_question
+    from haqa.schemas import DeployConfig
+
+    ctx = _steps(deploy_space(2), 2)[-1]
+    question = decision_question(ctx)
+    assert question.allow is not None
+    knobs = question.schema["properties"]["config"]["properties"]
+    assert question.allow({"n_batch": 128}, "n_ubatch", [64, 128, 256, 512]) == [64, 128]
+    assert question.allow({"flash_attn": False}, "type_v", ["f16", "q8_0"]) == ["f16"]
+    rng = random.Random(0)
+    for _ in range(200):  # random choices among the allowed values: always a valid config
+        chosen: dict[str, Any] = {}
+        for name, schema in knobs.items():
+            values = list(schema["enum"]) if "enum" in schema else [True, False]
+            chosen[name] = rng.choice(question.allow(chosen, name, values))
+        DeployConfig.model_validate({**ctx.defaults, **chosen})

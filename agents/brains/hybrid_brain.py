@@ -2,10 +2,11 @@
 
 Each step the optimizer (TPE by default) asks its study for a few new candidates, its best guess
 first; the LLM, given the static prompt (goal, hardware brief, space) and the trial history, picks
-one by number under a grammar and says why. The sampler's model still learns from every trial that
-runs, whoever chose it. An answer that picks nothing (cut off, unparseable) or a model that fails
-takes the optimizer's first candidate, and the trace says so: every decision is written as a
-``hybrid_choice`` (who decided, which candidate), so both shares can be counted.
+one by number (only the candidates' numbers can be written) and says why. The sampler's model
+still learns from every trial that runs, whoever chose it. An answer that picks nothing (cut off,
+unparseable) or a model that fails takes the optimizer's first candidate, and the trace says so:
+every decision is written as a ``hybrid_choice`` (who decided, which candidate), so both shares
+can be counted.
 """
 
 from __future__ import annotations

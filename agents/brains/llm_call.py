@@ -36,6 +36,13 @@ class LlmCall(BaseModel):
     prompt_tokens: int | None = Field(None, description="as the model's tokenizer counted them")
     completion_tokens: int | None = None
     latency_s: float = 0.0
+    threads: int | None = Field(None, description="CPU threads of a local model's call")
+    prompt_cached: int | None = Field(
+        None, description="prompt tokens a local model reused from its cache (not evaluated)"
+    )
+    forward_passes: int | None = Field(
+        None, description="a local model's evaluations (batches) to write the answer"
+    )
     answer: str = Field("", description="the model's text (JSON under a grammar)")
     tool_call: str | None = Field(None, description="name(arguments) of the call it made")
     error: str | None = Field(None, description="why the call failed, when it did")
@@ -45,11 +52,17 @@ class LlmCall(BaseModel):
         tokens = (
             f"{self.prompt_tokens} tok" if self.prompt_tokens is not None else "? tok"
         ) + f" / {self.prompt_chars} chars"
+        if self.prompt_cached is not None:
+            tokens += f" ({self.prompt_cached} cached)"
         head = f"{self.brain} → {self.model} ({self.purpose}): prompt {tokens}, "
         head += f"{self.latency_s:.2f} s"
+        if self.threads is not None:
+            head += f" on {self.threads} thread{'s' if self.threads > 1 else ''}"
         if self.error:
             return head + f", FAILED: {self.error}"
         out = f", {self.completion_tokens} tokens out" if self.completion_tokens is not None else ""
+        if self.forward_passes is not None:
+            out += f" in {self.forward_passes} passes"
         what = f"tool call {self.tool_call}" if self.tool_call else f"answer {self.answer}"
         return head + out + f"\n{what[:600]}"
 
