@@ -23,7 +23,8 @@ from haqa.tools.estimate_memory import (
     weights_bytes,
 )
 from haqa.tools.export_gguf import Args as ExportArgs
-from haqa.tools.export_gguf import QuantizeArgs, export_gguf, quantize_gguf
+from haqa.tools.export_gguf import QuantizeArgs, export_gguf, quantize_gguf, weights_recipe
+from haqa.zoo.smollm2 import Files
 
 QUANT_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_K_M")
 
@@ -40,6 +41,48 @@ def test_predicted_weights_match_the_quantized_file(tiny_f16: Path, quant_type: 
     predicted, note = weights_bytes(read_shape(tiny_f16), quant_type)
     assert predicted == actual
     assert "predicted" in note
+
+
+@pytest.mark.parametrize(
+    ("quant_type", "recipe"),
+    [
+        ("Q4_K_M", "ffn_up_gate_down"),
+        ("Q4_K_M", "sensitive_up"),
+        ("Q4_0", "ends_up"),
+        ("Q4_0", "output_up"),
+    ],
+)
+def test_predicted_weights_of_a_mixed_recipe_match_the_file(
+    tiny_f16: Path, quant_type: str, recipe: str
+) -> None:
+    """The memory gate sizes a mixed recipe as llama.cpp makes it, so a recipe that shrinks a
+    type that is over the budget is admitted exactly when its file fits."""
+    made = QuantizeArgs(
+        gguf=tiny_f16, quant_type=quant_type, recipe=weights_recipe(tiny_f16, recipe, quant_type)
+    )
+    actual = sum(t.n_bytes or 0 for t in read_shape(quantize_gguf(made).gguf_path).tensors)
+    plain, _ = weights_bytes(read_shape(tiny_f16), quant_type)
+    predicted, note = weights_bytes(read_shape(tiny_f16), quant_type, recipe)
+    assert predicted == actual
+    assert predicted != plain  # the recipe changed the file, and the prediction saw it
+    assert f"{quant_type}+{recipe}" in note
+
+
+def test_a_shrinking_recipe_is_sized_with_the_fallback_of_a_real_model(smol: Files) -> None:
+    """SmolLM2's 576-wide rows fit no 256-block type: Q4_K falls back to Q5_0, and the recipe's
+    Q3_K for ffn_up/ffn_gate to Q4_0. The estimate follows llama.cpp through both."""
+    shape = read_shape(smol.f16_gguf)
+    recipe = weights_recipe(smol.f16_gguf, "ffn_up_gate_down", "Q4_K_M")
+    made = quantize_gguf(QuantizeArgs(gguf=smol.f16_gguf, quant_type="Q4_K_M", recipe=recipe))
+    actual = sum(t.n_bytes or 0 for t in read_shape(made.gguf_path).tensors)
+    assert weights_bytes(shape, "Q4_K_M", "ffn_up_gate_down")[0] == actual
+    assert actual < weights_bytes(shape, "Q4_K_M")[0]
+    config = DeployConfig(quant_type="Q4_K_M", recipe="ffn_up_gate_down")
+    mixed = estimate_deploy_memory(DeployMemoryArgs(model=smol.f16_gguf, config=config))
+    uniform = estimate_deploy_memory(
+        DeployMemoryArgs(model=smol.f16_gguf, config=DeployConfig(quant_type="Q4_K_M"))
+    )
+    assert mixed.total_bytes < uniform.total_bytes
 
 
 def test_hf_folder_and_its_gguf_give_the_same_shape(tiny_model: Path, tiny_f16: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from haqa.agents.analyst.brief import make_brief, rank_quant_types
 from haqa.agents.brains.base import DecisionContext, TrialView
-from haqa.agents.brains.expert import ExpertBrain
+from haqa.agents.brains.expert import LEAN_RUNTIME, ExpertBrain
 from haqa.agents.routing import next_route, stage_stop_reason, trials_since_improvement
 from haqa.agents.tuner.node import hardware_defaults
 from haqa.goal import Goal
@@ -118,6 +118,7 @@ def _ctx(history: list[TrialView], stage: str = "deploy", **kw: Any) -> Decision
         defaults=defaults,
         budget_left=10,
         brief=brief,
+        tools=kw.get("tools"),
     )
 
 
@@ -164,7 +165,8 @@ def test_expert_skips_types_below_an_accuracy_failure() -> None:
 
 def test_a_miss_with_a_quantized_kv_cache_is_not_blamed_on_the_weights() -> None:
     """A Q8_0 deployment with a q4_0 K/V cache missed the floor: the cache may have cost the
-    accuracy, so types under 8.5 bits stay open (only float-cache misses set the bits floor)."""
+    accuracy, so types under 8.5 bits stay open (only misses with a float or 8-bit cache, whose
+    rounding is far below the weights', set the bits floor)."""
     missed = TrialView(
         trial_id=1,
         stage="deploy",
@@ -187,6 +189,27 @@ def test_a_miss_with_a_quantized_kv_cache_is_not_blamed_on_the_weights() -> None
     )
     p = ExpertBrain().propose(_ctx([float_cache_miss]))
     assert BITS_PER_WEIGHT[p.config["quant_type"]] > BITS_PER_WEIGHT["Q8_0"], p.config
+    q8_cache_miss = missed.model_copy(
+        update={"config": {**missed.config, "type_k": "q8_0", "type_v": "q8_0"}}
+    )
+    p = ExpertBrain().propose(_ctx([q8_cache_miss]))
+    assert BITS_PER_WEIGHT[p.config["quant_type"]] > BITS_PER_WEIGHT["Q8_0"], p.config
+
+
+def test_the_bits_floor_uses_the_bits_a_type_has_on_this_model() -> None:
+    """On SmolLM2 the K-quants fall back to 32-block types, so Q3_K_M has more bits (5.46) than
+    Q4_0 (5.35): a Q4_0 that missed the floor does not rule Q3_K_M out, and does rule out a type
+    with fewer bits on this model (Q2_K, 5.14)."""
+    ctx = _ctx([])
+    ctx.brief["bits_per_weight"] = {**ctx.brief.get("bits_per_weight", {}), "Q4_0": 5.35,
+                                    "Q3_K_M": 5.46, "Q2_K": 5.14}  # fmt: skip
+    from haqa.agents.brains.expert import _DeployView
+
+    missed = view(1, None, **{**ctx.defaults, "quant_type": "Q4_0"})
+    ctx.history.append(missed)
+    v = _DeployView.of(ctx)
+    assert v.floor_bits == 5.35
+    assert v.bits_of("Q3_K_M") > v.floor_bits >= v.bits_of("Q2_K")
 
 
 def test_expert_finetune_starts_from_defaults_then_moves_learning_rate() -> None:
@@ -320,3 +343,76 @@ def test_expert_rescues_a_faster_type_that_missed_the_floor_with_an_imatrix() ->
     )
     ctx = _ctx([history[0], over], goal=Goal(memory_budget_bytes=1_000_000_000))
     assert _rescue_with_imatrix(ctx, _DeployView.of(ctx)) is None
+
+
+class _SizeByBits:
+    """An estimate as the gate's: bytes from the type's bits, 10% less with the FFN up/gate
+    one step down; the attention scores without flash attention and a 16-bit K/V cache on top
+    (the read-only tools an expert may ask)."""
+
+    def estimate_memory(self, config: dict[str, Any]) -> dict[str, Any]:
+        shrink = 0.9 if config.get("recipe") == "ffn_up_gate_down" else 1.0
+        weights = BITS_PER_WEIGHT[config["quant_type"]] * 1e8 * shrink
+        scores = 0.0 if config.get("flash_attn") else 1e8
+        cache = 0.0 if config.get("type_k") == config.get("type_v") == "q8_0" else 0.5e8
+        return {"total_bytes": int(weights + scores + cache)}
+
+    def query_trials(self, sql: str) -> list[dict[str, Any]]:
+        return []
+
+    def hardware_brief(self) -> str:
+        return ""
+
+
+def test_expert_shrinks_the_type_over_the_budget_when_what_fits_misses_the_floor() -> None:
+    """A memory budget below Q4_K_M's peak, and every type that fits misses the accuracy floor:
+    the expert never spends a trial on a type the estimate puts over the budget, and makes the
+    smallest such type fit (FFN up/gate one step down, with an importance matrix) before it
+    rescues the types that fit. A type is proposed at the mildest runtime that fits it (flash
+    attention, then an 8-bit K/V cache as well)."""
+    budget = int((BITS_PER_WEIGHT["Q4_0"] + BITS_PER_WEIGHT["Q4_K_M"]) / 2 * 1e8)
+    goal = Goal(max_accuracy_drop=0.02, memory_budget_bytes=budget)
+    tools = _SizeByBits()
+    history: list[TrialView] = []
+    proposed: list[dict[str, Any]] = []
+    for i in range(1, 12):
+        ctx = _ctx(history, goal=goal, tools=tools)
+        p = ExpertBrain().propose(ctx)
+        if p.action == "finish":
+            break
+        config = DeployConfig.model_validate(p.config).model_dump(mode="json")
+        assert tools.estimate_memory(config)["total_bytes"] <= budget, p.thought
+        proposed.append(config)
+        shrunk = config["recipe"] == "ffn_up_gate_down"
+        history.append(view(i, 10.0 if shrunk else None, **p.config))
+        if shrunk:
+            break
+    assert proposed, "the expert proposed nothing"
+    last = proposed[-1]
+    assert (last["quant_type"], last["recipe"], last["imatrix"]) == (
+        "Q4_K_M",
+        "ffn_up_gate_down",
+        True,
+    )
+    # Before it, only types that fit, measured plainly: no rescue spent the budget first.
+    assert all(c["recipe"] == "uniform" and not c["imatrix"] for c in proposed[:-1])
+    # Each at the mildest runtime that fits: the shrunk Q4_K_M needs both lean settings.
+    mildest = {"flash_attn": False, "type_k": "f16", "type_v": "f16"}
+    for c in proposed:
+        lean = [k for k in LEAN_RUNTIME if {**c, **k} == c][-1]
+        for milder in LEAN_RUNTIME[: LEAN_RUNTIME.index(lean)]:
+            assert tools.estimate_memory({**c, **mildest, **milder})["total_bytes"] > budget
+    assert last["flash_attn"] and last["type_k"] == last["type_v"] == "q8_0"
+
+
+def test_when_nothing_fits_the_smallest_type_goes_to_the_gate_once() -> None:
+    """A budget below every type: the smallest is proposed once, so the gate records by how much
+    the budget is short, and then the expert finishes."""
+    goal = Goal(memory_budget_bytes=10)
+    ctx = _ctx([], goal=goal, tools=_SizeByBits())
+    first = ExpertBrain().propose(ctx)
+    smallest = min(BITS_PER_WEIGHT[str(q)] for q in ctx.space.knob("quant_type").choices or ())
+    assert first.action == "trial"
+    assert BITS_PER_WEIGHT[first.config["quant_type"]] == smallest
+    after = _ctx([view(1, None, "rejected", **first.config)], goal=goal, tools=_SizeByBits())
+    assert ExpertBrain().propose(after).action == "finish"

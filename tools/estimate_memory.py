@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from haqa.errors import HaqaError
 from haqa.modelref import check_hf_causal_lm, is_gguf
 from haqa.procs import CHILD_PRELUDE, child_env
 from haqa.quant import BLOCK, FALLBACK, FTYPE_BASE, FTYPE_IDS
+from haqa.recipes import recipe_rules
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.tools.gguf_header import GgufArray, read_gguf_header
 
@@ -298,25 +300,50 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
     )
 
 
-def predict_tensor_type(spec: TensorSpec, quant_type: str, shape: ModelShape) -> str:
+def predict_tensor_type(
+    spec: TensorSpec, quant_type: str, shape: ModelShape, recipe: str = "uniform"
+) -> str:
     """The ggml type llama.cpp's quantizer gives this tensor for ``quant_type`` (an approximation
     of ``llama_tensor_get_type`` in llama-quant.cpp, for LLaMA-style dense models): 1-D tensors
     stay F32; the output matrix (or the tied embedding) gets Q6_K unless the type is Q8_0; the K_M
     mixes give attn_v and ffn_down more bits in the first/last eighth and every third layer; rows
-    whose length is not a multiple of the block size fall back to a 32-block type or F16."""
+    whose length is not a multiple of the block size fall back to a 32-block type or F16.
+
+    A mixed ``recipe`` (``haqa.recipes``) goes first, as llama.cpp applies ``--tensor-type``: the
+    first pattern that matches the name replaces the mix's choice (the fallback still applies),
+    and an output type replaces the output's (the tied embedding's)."""
     base = FTYPE_BASE[quant_type]
     if spec.rows == 1 or not spec.name.endswith("weight") or "_norm" in spec.name:
         return "F32"
     if BLOCK[base][0] == 1:
-        return base
+        return base  # llama.cpp applies no per-tensor types to an unquantized file type
     name = spec.name
+    is_output = name == "output.weight" or (shape.tied_embeddings and name == "token_embd.weight")
+    rules = recipe_rules(recipe, quant_type, shape.n_layer) if recipe != "uniform" else {}
+    manual = next(
+        (t for pattern, t in rules.get("tensor_types", {}).items() if re.search(pattern, name)),
+        None,
+    )
+    if is_output and rules.get("output_type"):
+        manual = str(rules["output_type"])
+    new = manual or _mix_type(name, quant_type, shape, base, is_output=is_output, ne0=spec.ne0)
+    if spec.ne0 % BLOCK[new][0] != 0:
+        new = FALLBACK.get(new, new)
+        if spec.ne0 % BLOCK[new][0] != 0:
+            new = "F16"
+    return new
+
+
+def _mix_type(
+    name: str, quant_type: str, shape: ModelShape, base: str, *, is_output: bool, ne0: int
+) -> str:
+    """What the file type's own mix gives this tensor, before the fallback for its row length."""
     layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
     n = shape.n_layer
     gqa = shape.n_head // max(1, shape.n_head_kv)
     new = base
-    is_output = name == "output.weight" or (shape.tied_embeddings and name == "token_embd.weight")
     if is_output:
-        if spec.ne0 % BLOCK[base][0] != 0:
+        if ne0 % BLOCK[base][0] != 0:
             new = "Q8_0"
         elif base != "Q8_0":
             new = "Q6_K"
@@ -344,10 +371,6 @@ def predict_tensor_type(spec: TensorSpec, quant_type: str, shape: ModelShape) ->
             new = "Q5_K"
     elif name.endswith("attn_output.weight"):
         new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(quant_type, base)
-    if spec.ne0 % BLOCK[new][0] != 0:
-        new = FALLBACK.get(new, new)
-        if spec.ne0 % BLOCK[new][0] != 0:
-            new = "F16"
     return new
 
 
@@ -356,19 +379,25 @@ def tensor_bytes(ne0: int, rows: int, ggml_type: str) -> int:
     return rows * (ne0 // block) * size if ne0 % block == 0 else rows * ne0 * 2
 
 
-def weights_bytes(shape: ModelShape, quant_type: str) -> tuple[int, str]:
+def weights_bytes(shape: ModelShape, quant_type: str, recipe: str = "uniform") -> tuple[int, str]:
     """Bytes of the weights as llama.cpp holds them: read from the file when it already has
-    ``quant_type``, else predicted tensor by tensor."""
-    if shape.file_type == quant_type and all(t.n_bytes is not None for t in shape.tensors):
+    ``quant_type`` (as llama.cpp mixes it), else predicted tensor by tensor, ``recipe`` included."""
+    plain = recipe == "uniform"
+    if (
+        plain
+        and shape.file_type == quant_type
+        and all(t.n_bytes is not None for t in shape.tensors)
+    ):
         return sum(t.n_bytes or 0 for t in shape.tensors), f"read from the GGUF ({quant_type})"
     total = 0
     counts: dict[str, int] = {}
     for t in shape.tensors:
-        ggml_type = predict_tensor_type(t, quant_type, shape)
+        ggml_type = predict_tensor_type(t, quant_type, shape, recipe)
         counts[ggml_type] = counts.get(ggml_type, 0) + 1
         total += tensor_bytes(t.ne0, t.rows, ggml_type)
     mix = ", ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
-    return total, f"predicted for {quant_type} from the tensor shapes ({mix} tensors)"
+    what = quant_type if plain else f"{quant_type}+{recipe}"
+    return total, f"predicted for {what} from the tensor shapes ({mix} tensors)"
 
 
 class PredictedBits(BaseModel):
@@ -382,14 +411,14 @@ class PredictedBits(BaseModel):
     )
 
 
-def predict_bits(shape: ModelShape, quant_type: str) -> PredictedBits:
+def predict_bits(shape: ModelShape, quant_type: str, recipe: str = "uniform") -> PredictedBits:
     """What ``quant_type`` becomes on this model. A hidden size that is not a multiple of 256
     (SmolLM2's 576) sends a K-quant's matrices to a 32-block type, so its file is far bigger
     than the type's name says: the brief ranks types by these bits, not the nominal ones."""
     base = FTYPE_BASE[quant_type]
     n_bytes = params = matrix = fell = 0
     for t in shape.tensors:
-        ggml_type = predict_tensor_type(t, quant_type, shape)
+        ggml_type = predict_tensor_type(t, quant_type, shape, recipe)
         n = t.ne0 * t.rows
         params += n
         n_bytes += tensor_bytes(t.ne0, t.rows, ggml_type)
@@ -452,7 +481,7 @@ def estimate_deploy_memory(args: DeployMemoryArgs) -> MemoryEstimate:
     only. With mmap the weights count as resident once read (they are all read every token)."""
     shape = read_shape(args.model)
     config = args.config
-    w_bytes, w_note = weights_bytes(shape, config.quant_type)
+    w_bytes, w_note = weights_bytes(shape, config.quant_type, config.recipe)
     kv = kv_cache_size(shape, config)
     compute, c_note = compute_size(shape, config)
     vocab = shape.n_merges * _BYTES_PER_MERGE

@@ -10,11 +10,16 @@ Deployment (tuner): first choose the quantization type by *measured* hardware ev
 hardware analyst ranks the types by predicted decode (or prefill) speed from this machine's kernel
 microbenchmarks and bandwidth, so a machine without fast 4-bit kernels ranks Q8_0 above Q4 — and
 skip types more aggressive than one that already failed the accuracy floor (a type the memory
-gate rejected is not proposed again: the rejection is in the history). A type that measured
-faster than the incumbent but missed the accuracy floor gets the same file quantized with an
-importance matrix (same size and speed, less rounding error where it matters), then with its
-sensitive tensors one step up too. Then refine the runtime settings around the best
-configuration: threads, flash attention, micro-batch, KV-cache type.
+gate rejected is not proposed again: the rejection is in the history). With a memory budget,
+a type the memory estimate (the gate's own tool) puts over it is not proposed at all: a trial
+the gate rejects spends budget and measures nothing. When the types that fit miss the accuracy
+floor, the smallest type that does not fit is made smaller instead — the file a practitioner
+makes by hand: its FFN up/gate matrices (most of the weights, among the least sensitive) one
+step down, with an importance matrix to keep their rounding error where it matters least. A
+type that measured faster than the incumbent but missed the accuracy floor gets the same file
+quantized with an importance matrix (same size and speed, less rounding error where it
+matters), then with its sensitive tensors one step up too. Then refine the runtime settings
+around the best configuration: threads, flash attention, micro-batch, KV-cache type.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class ExpertBrain:
             _measure_ranked_types,
             _recover_accuracy,
             _probe_headroom,
+            _shrink_to_fit,
             _rescue_with_imatrix,
         ):
             proposal = policy(ctx, view)
@@ -151,6 +157,12 @@ class _DeployView:
     measured_types: set[str]
     floor_bits: float
     missed_floor: bool
+    #: Each type's effective bits per weight on this model (the brief's, from its tensor shapes:
+    #: on SmolLM2 Q3_K_M has 5.46 and Q4_0 5.35, as K-quants fall back), else the nominal bits.
+    bits: dict[str, float]
+
+    def bits_of(self, quant: object) -> float:
+        return self.bits.get(str(quant), _bits(quant))
 
     @classmethod
     def of(cls, ctx: DecisionContext) -> _DeployView:
@@ -166,15 +178,15 @@ class _DeployView:
         ranked = [q for q in ranked if _bits(q) >= safe_bits] + [
             q for q in ranked if _bits(q) < safe_bits
         ]
-        # Misses the weights are to blame for: with a quantized K/V cache it may be the cache.
+        bits = {str(q): float(b) for q, b in (ctx.brief.get("bits_per_weight") or {}).items()}
+        # Misses the weights are to blame for: with a K/V cache below 8 bits it may be the cache.
         failed_accuracy = [
-            _bits(t.config.get("quant_type"))
+            bits.get(str(t.config.get("quant_type")), _bits(t.config.get("quant_type")))
             for t in ctx.history
             if t.status == "ok"
             and not t.feasible
             and t.accuracy is not None
-            and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
-            and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
+            and _near_lossless_cache(t.config)
         ]
         return cls(
             tried={canonical(t.config) for t in ctx.history},
@@ -187,13 +199,79 @@ class _DeployView:
             # Anything at or below the bits of a type that already missed the floor would too.
             floor_bits=max(failed_accuracy) if failed_accuracy else 0.0,
             missed_floor=bool(failed_accuracy),
+            bits=bits,
         )
 
     def untried(self, ctx: DecisionContext, quant: str) -> dict[str, Any] | None:
-        candidate = {**ctx.defaults, "quant_type": quant}
-        if quant in self.measured_types or canonical(candidate) in self.tried:
+        """The type at the defaults, or at the leanest runtime that fits the memory budget;
+        None when it was tried or no runtime makes it fit."""
+        if quant in self.measured_types:
             return None
-        return candidate
+        return fitting(ctx, {**ctx.defaults, "quant_type": quant}, self.tried)
+
+
+#: Runtime settings that cut the peak without touching the weights, mildest first: flash
+#: attention drops the attention score matrix (most of the compute buffer at a long context),
+#: an 8-bit K/V cache halves the cache. Tried in this order when a configuration is over budget.
+LEAN_RUNTIME: tuple[dict[str, Any], ...] = (
+    {},
+    {"flash_attn": True},
+    {"flash_attn": True, "type_k": "q8_0", "type_v": "q8_0"},
+)
+
+
+def fitting(ctx: DecisionContext, config: dict[str, Any], tried: set[str]) -> dict[str, Any] | None:
+    """``config``, or the same with the first lean runtime under which the memory estimate puts
+    it within the budget; None when it was tried already or nothing in ``LEAN_RUNTIME`` fits."""
+    if ctx.goal.memory_budget_bytes is None or ctx.tools is None:
+        return None if canonical(config) in tried else config
+    for lean in LEAN_RUNTIME:
+        candidate = {**config, **lean}
+        if canonical(candidate) in tried:
+            return None
+        try:
+            ctx.space.validate_config(candidate)
+        except Exception:
+            continue
+        if predicted_peak(ctx, candidate) is None:
+            return candidate
+    return None
+
+
+def predicted_peak(ctx: DecisionContext, config: dict[str, Any]) -> int | None:
+    """The peak the memory gate predicts for ``config`` when it is over the goal's budget, else
+    None (no budget, no estimate to ask, or an estimate that fails: the gate decides then)."""
+    budget = ctx.goal.memory_budget_bytes
+    if budget is None or ctx.tools is None:
+        return None
+    try:
+        peak = int(ctx.tools.estimate_memory(config).get("total_bytes", 0))
+    except Exception:
+        return None
+    return None if ctx.goal.fits_memory(peak) else peak
+
+
+def _runtime_words(ctx: DecisionContext, candidate: dict[str, Any]) -> str:
+    """How the candidate's runtime differs from the hardware defaults, in words."""
+    changed = sorted(
+        k for k, v in candidate.items() if k != "quant_type" and ctx.defaults.get(k) != v
+    )
+    if not changed:
+        return "the hardware defaults"
+    return (
+        "the hardware defaults but "
+        + ", ".join(f"{k}={candidate[k]}" for k in changed)
+        + (" (to fit the memory budget)")
+    )
+
+
+def _near_lossless_cache(config: dict[str, Any]) -> bool:
+    """A K/V cache of 8 bits or more: its rounding is far below the weights' (llama.cpp measures
+    a q8_0 cache within a few thousandths of f16 in perplexity), so a miss is the weights'. A
+    q4_0 or q5 cache may be to blame itself."""
+    return all(
+        config.get(k, "f16") in (*FLOAT_KV_CACHE_TYPES, "q8_0") for k in ("type_k", "type_v")
+    )
 
 
 def _bits(quant_type: object) -> float:
@@ -207,16 +285,25 @@ def _measure_ranked_types(ctx: DecisionContext, view: _DeployView) -> Proposal |
         return None
     for quant in view.ranked:
         candidate = view.untried(ctx, quant)
-        if candidate is None or _bits(quant) <= view.floor_bits:
+        if candidate is None or view.bits_of(quant) <= view.floor_bits:
             continue
         return Proposal(
             action="trial",
             config=candidate,
             thought=(
                 f"policy: {quant} is #{view.ranked.index(quant) + 1} by this machine's measured "
-                f"kernel speed ({view.rank_key.replace('_', ' ')}); runtime at the hardware "
-                "defaults"
+                f"kernel speed ({view.rank_key.replace('_', ' ')}); runtime at "
+                f"{_runtime_words(ctx, candidate)}"
             ),
+        )
+    if not ctx.history and view.ranked:
+        # Every type is predicted over the budget: the smallest goes to the gate once, so the
+        # store holds by how much the budget is short, and the run ends "goal not met".
+        smallest = min(view.ranked, key=_bits)
+        return Proposal(
+            action="trial",
+            config={**ctx.defaults, "quant_type": smallest},
+            thought=f"policy: every type is predicted over the memory budget, even {smallest}",
         )
     return None
 
@@ -228,7 +315,7 @@ def _recover_accuracy(ctx: DecisionContext, view: _DeployView) -> Proposal | Non
     configuration met the goal" to a goal that Q8_0 meets."""
     if ctx.incumbent() is not None or not view.missed_floor:
         return None
-    safer = [q for q in view.speed_order if _bits(q) > view.floor_bits]
+    safer = [q for q in view.speed_order if view.bits_of(q) > view.floor_bits]
     for quant in safer:
         candidate = view.untried(ctx, quant)
         if candidate is None:
@@ -238,7 +325,7 @@ def _recover_accuracy(ctx: DecisionContext, view: _DeployView) -> Proposal | Non
             config=candidate,
             thought=(
                 f"policy: no type measured so far kept the accuracy floor; {quant} "
-                f"({_bits(quant):g} bits) has more bits than every type that missed it"
+                f"({view.bits_of(quant):.2f} bits) has more bits than every type that missed it"
             ),
         )
     return None
@@ -254,11 +341,11 @@ def _probe_headroom(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
     ]
     if not kept_floor:
         return None
-    boldest = min(kept_floor, key=lambda t: _bits(t.config["quant_type"]))
+    boldest = min(kept_floor, key=lambda t: view.bits_of(t.config["quant_type"]))
     bold_name = str(boldest.config["quant_type"])
-    bold_bits = _bits(bold_name)
+    bold_bits = view.bits_of(bold_name)
     for quant in view.ranked:
-        bits = _bits(quant)
+        bits = view.bits_of(quant)
         candidate = view.untried(ctx, quant)
         if candidate is None or not view.floor_bits < bits < bold_bits:
             continue
@@ -276,6 +363,50 @@ def _probe_headroom(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
     return None
 
 
+#: How the expert makes a type that is over the memory budget smaller: its FFN up/gate matrices
+#: one step down, with an importance matrix (haqa.recipes: ``ffn_up_gate_down``).
+SHRINK: dict[str, Any] = {"recipe": "ffn_up_gate_down", "imatrix": True}
+
+
+def _shrink_to_fit(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
+    """Nothing that fits kept the accuracy floor (or a type faster than the incumbent does not
+    fit): make the smallest type that is over the budget smaller, and propose it if the memory
+    estimate now admits it. A type with more bits keeps more accuracy than any lower type that
+    fits, and a shrunk type differs from it only in the FFN up/gate matrices."""
+    budget = ctx.goal.memory_budget_bytes
+    if budget is None or ctx.tools is None or "recipe" not in ctx.space.names:
+        return None
+    best = ctx.incumbent()
+    order = view.speed_order
+    limit = (
+        order.index(str(best.config["quant_type"]))
+        if best and best.config.get("quant_type") in order
+        else len(order)
+    )
+    over: list[tuple[int, str]] = []
+    for quant in order[:limit]:
+        if view.bits_of(quant) <= view.floor_bits:
+            continue  # fewer bits than a type that missed the floor: shrunk, it would miss too
+        leanest = {**ctx.defaults, "quant_type": quant, **LEAN_RUNTIME[-1]}
+        peak = predicted_peak(ctx, leanest)
+        if peak is not None:  # over the budget at every runtime setting
+            over.append((peak, quant))
+    for peak, quant in sorted(over):
+        candidate = fitting(ctx, {**ctx.defaults, "quant_type": quant, **SHRINK}, view.tried)
+        if candidate is None:
+            continue
+        return Proposal(
+            action="trial",
+            config=candidate,
+            thought=(
+                f"policy: {quant} is predicted over the memory budget at any runtime setting "
+                f"({peak / 2**20:.0f} MiB at the leanest); with ffn_up/ffn_gate one step down "
+                "and an importance matrix it fits"
+            ),
+        )
+    return None
+
+
 #: What the expert tries on a type that missed the accuracy floor, in order: the same file
 #: quantized with an importance matrix, then with attn_v and ffn_down one step up as well.
 RESCUES: tuple[tuple[dict[str, Any], str], ...] = (
@@ -289,7 +420,7 @@ RESCUES: tuple[tuple[dict[str, Any], str], ...] = (
 
 def _missed_accuracy(t: TrialView, ctx: DecisionContext) -> bool:
     """Measured, infeasible and within the memory budget: the accuracy floor is what it missed
-    (a quantized K/V cache may be to blame instead, so those trials are left out)."""
+    (a K/V cache below 8 bits may be to blame instead, so those trials are left out)."""
     budget = ctx.goal.memory_budget_bytes
     over_memory = budget is not None and (t.peak_mem_bytes or 0) > budget
     return (
@@ -297,8 +428,7 @@ def _missed_accuracy(t: TrialView, ctx: DecisionContext) -> bool:
         and not t.feasible
         and t.accuracy is not None
         and not over_memory
-        and t.config.get("type_k", "f16") in FLOAT_KV_CACHE_TYPES
-        and t.config.get("type_v", "f16") in FLOAT_KV_CACHE_TYPES
+        and _near_lossless_cache(t.config)
     )
 
 
@@ -316,13 +446,13 @@ def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | 
         else len(order)
     )
     missed = [t for t in ctx.history if _missed_accuracy(t, ctx)]
-    for t in sorted(missed, key=lambda t: -_bits(t.config.get("quant_type"))):
+    for t in sorted(missed, key=lambda t: -view.bits_of(t.config.get("quant_type"))):
         quant = str(t.config.get("quant_type"))
         if quant in order and order.index(quant) >= limit:
             continue  # not faster than what already holds the floor
         for change, why in RESCUES:
             candidate = {**t.config, **change}
-            if canonical(candidate) in view.tried:
+            if canonical(candidate) in view.tried or predicted_peak(ctx, candidate) is not None:
                 continue
             try:
                 ctx.space.validate_config(candidate)
@@ -351,6 +481,8 @@ def _refine_runtime(ctx: DecisionContext, view: _DeployView) -> Proposal:
             continue
         if candidate.get("type_v", "f16") != "f16" and not candidate.get("flash_attn"):
             continue
+        if predicted_peak(ctx, candidate) is not None:
+            continue  # the gate would reject it: a move that spends the budget on nothing
         return Proposal(action="trial", config=candidate, thought=f"policy: {why}")
     return Proposal(
         action="finish", thought="policy: every neighbour of the best config was measured"

@@ -46,8 +46,9 @@ def _reference_trial(rt: RunRuntime) -> TrialRecord | None:
 
 
 def deployed_summary(config: DeployConfig, m: TrialMetrics, reference: TrialMetrics | None) -> str:
-    """A deploy trial in a line: the type's effective bits (from its header, a fallback named as
-    such), accuracy, its paired comparison with the reference on the same questions, speed."""
+    """A deploy trial in a line: its weights (type, recipe, imatrix: ``Q4_K_M+imatrix``), their
+    effective bits (from its header, a fallback named as such), accuracy, its paired comparison
+    with the reference on the same questions, speed."""
     bits = (
         f", {m.bits_per_weight:.2f} bits/weight"
         + (f", {m.fallback_share:.0%} fell back" if m.fallback_share else "")
@@ -59,7 +60,7 @@ def deployed_summary(config: DeployConfig, m: TrialMetrics, reference: TrialMetr
     if ref and m.correct and len(ref) == len(m.correct):
         paired = f" [vs reference: {compare_paired(ref, m.correct).summary()}]"
     return (
-        f" ({config.quant_type}{bits}): accuracy {m.accuracy or 0:.3f}{paired}, pp "
+        f" ({config.weights.label}{bits}): accuracy {m.accuracy or 0:.3f}{paired}, pp "
         f"{m.prefill_tps or 0:.1f} tok/s, tg {m.decode_tps or 0:.1f} tok/s, peak "
         f"{format_bytes(m.peak_mem_bytes)}"
     )
