@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from types import ModuleType
 
@@ -63,25 +64,28 @@ def _stream_reference() -> ModuleType:
 def test_bandwidth_agrees_with_an_independent_stream_read() -> None:
     """The probe against a separately written kernel (uint64 max, not the probe's uint64 min)
     that is bandwidth-bound here (checked: its in-L2 rate per thread is well above the all-core
-    figure per thread), measured before and after the probe with the same statistic (median
-    round)."""
+    figure per thread), with the same statistic (median round). The two are read in turn, three
+    times each, and the medians compared: other work that takes a core for a few seconds slows
+    one reading of each side, not a whole side (one reading each, before and after, failed when a
+    benchmark beside the suite took a core during both reference reads)."""
     ref = _stream_reference()
     threads = os.cpu_count() or 1
     size = 1024**3
-    before = ref.reference_bandwidth(size, threads)
-    ours = probe_hardware(
-        Args(use_cache=False, bandwidth_seconds=2.0, bandwidth_buffer_bytes=size)
-    ).bandwidth
-    assert ours is not None and ours.threads == threads and ours.buffer_bytes == size
-    after = ref.reference_bandwidth(size, threads)
-    # Other work on the machine slows either side; the faster reference reading is kept.
-    reference = max(before, after)
-    per_thread = reference / threads
-    assert ref.reference_in_cache_rate() > 1.5 * per_thread, "reference is not bandwidth-bound"
-    assert ours.in_cache_bytes_per_s is not None
-    assert ours.in_cache_bytes_per_s > 1.5 * ours.read_bytes_per_s / threads
-    ratio = ours.read_bytes_per_s / reference
-    assert 0.7 <= ratio <= 1.3, (ours.read_bytes_per_s, before, after)
+    probes: list[float] = []
+    references: list[float] = []
+    for _ in range(3):
+        references.append(ref.reference_bandwidth(size, threads, seconds=1.0))
+        ours = probe_hardware(
+            Args(use_cache=False, bandwidth_seconds=1.0, bandwidth_buffer_bytes=size)
+        ).bandwidth
+        assert ours is not None and ours.threads == threads and ours.buffer_bytes == size
+        assert ours.in_cache_bytes_per_s is not None
+        assert ours.in_cache_bytes_per_s > 1.5 * ours.read_bytes_per_s / threads
+        probes.append(ours.read_bytes_per_s)
+    reference = statistics.median(references)
+    assert ref.reference_in_cache_rate() > 1.5 * reference / threads, "reference not memory-bound"
+    ratio = statistics.median(probes) / reference
+    assert 0.7 <= ratio <= 1.3, (probes, references)
 
 
 def test_cli_probe_json(capsys: pytest.CaptureFixture[str]) -> None:
