@@ -307,7 +307,13 @@ def _gate_lines(result: dict[str, Any]) -> list[str]:
 
 
 def _speedup_table(result: dict[str, Any]) -> list[str]:
-    """The answer's decode and prefill speedup over each llama.cpp default it was raced with."""
+    """The answer's decode and prefill speedup over each llama.cpp default it was raced with,
+    or why there is none (every default over the memory budget: the gate rejects them)."""
+    if not result.get("baselines"):
+        return [
+            "No llama.cpp default was raced with the answer: none was measured (with a memory "
+            "budget, the gate rejects each default that is predicted over it)."
+        ]
     lines = [
         "Speedup vs llama.cpp defaults on the same model (measured side by side):",
         "",
@@ -371,7 +377,12 @@ def answer_words(result: dict[str, Any]) -> str:
     if not result.get("found"):
         return "none met the goal"
     cfg = result.get("config") or {}
-    return f"{cfg.get('quant_type', '?')} n_threads={cfg.get('n_threads', '?')}"
+    weights = "+".join(
+        [str(cfg.get("quant_type", "?"))]
+        + ([str(cfg["recipe"])] if cfg.get("recipe", "uniform") != "uniform" else [])
+        + (["imatrix"] if cfg.get("imatrix") else [])
+    )
+    return f"{weights} n_threads={cfg.get('n_threads', '?')}"
 
 
 def fleet_table(runs: Sequence[RunRecord], kinds: Sequence[str]) -> list[str]:

@@ -94,3 +94,36 @@ def test_a_run_hands_over_a_faster_default_that_meets_the_goal(tmp_path: Path) -
     assert result.config["quant_type"] == "Q4_K_M" and result.decode_tps == 40.0
     assert result.speedup_decode["Q4_K_M"] == 1.0
     assert any("final race" in m.content for m in store.list_messages(rt.run_id))
+
+
+def test_the_answer_is_paired_with_the_trial_of_its_own_weights() -> None:
+    """IQ4_NL with and without an importance matrix answer differently (on SmolLM2, 17 points
+    apart): the answer's paired comparison and a default's accuracy come from the trial of the
+    same weights (type, recipe, imatrix) and cache, never from another file of the same type."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from haqa.agents.supervisor.result import _measured_with
+
+    def trial(trial_id: int, correct: str, **config: Any) -> SimpleNamespace:
+        metrics = SimpleNamespace(accuracy=correct.count("1") / len(correct), correct=correct)
+        return SimpleNamespace(
+            trial_id=trial_id, is_search=True, status="ok", config=config, metrics=metrics
+        )
+
+    trials = [
+        trial(1, "0011", quant_type="IQ4_NL"),
+        trial(2, "1111", quant_type="IQ4_NL", imatrix=True),
+        trial(3, "0111", quant_type="IQ4_NL", recipe="sensitive_up", imatrix=True),
+    ]
+    rt: Any = SimpleNamespace(trials=lambda stage: trials)
+    found = {
+        key: _measured_with(rt, "IQ4_NL", config)
+        for key, config in {
+            "plain": {"quant_type": "IQ4_NL"},
+            "imatrix": {"quant_type": "IQ4_NL", "recipe": "uniform", "imatrix": True},
+            "mixed": {"quant_type": "IQ4_NL", "recipe": "sensitive_up", "imatrix": True},
+        }.items()
+    }
+    assert {k: t.trial_id for k, t in found.items() if t} == {"plain": 1, "imatrix": 2, "mixed": 3}
+    assert _measured_with(rt, "IQ4_NL", {"recipe": "ends_up"}) is None

@@ -308,8 +308,16 @@ def _measured_with(rt: RunRuntime, quant: str, config: dict[str, Any]) -> TrialR
     """The search trial that measured these weights with this K/V cache (its accuracy and
     answers are what any configuration of the same weights and cache would score)."""
     cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
+    # The weights are the type, the recipe and the imatrix: IQ4_NL with and without an
+    # importance matrix answer differently (on SmolLM2, 17 points apart).
+    weights = (quant, config.get("recipe", "uniform"), bool(config.get("imatrix", False)))
     for t in rt.trials("deploy"):
-        if not (t.is_search and t.status == "ok" and t.config.get("quant_type") == quant):
+        mine = (
+            t.config.get("quant_type"),
+            t.config.get("recipe", "uniform"),
+            bool(t.config.get("imatrix", False)),
+        )
+        if not (t.is_search and t.status == "ok" and mine == weights):
             continue
         if (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) != cache:
             continue

@@ -161,7 +161,7 @@ def _finish(
         raise GoalNotMet(f"run {run_id}: {result.headline()}")
     cfg = result.config or {}
     console.rule(f"[bold]run {run_id} finished")
-    console.print(f"chosen: [bold]{cfg.get('quant_type')}[/] {_runtime_summary(cfg)}")
+    console.print(f"chosen: [bold]{_weights_label(cfg)}[/] {_runtime_summary(cfg)}")
     if result.bits_per_weight:
         fell = (
             f" ({result.fallback_share:.0%} of the matrix weights fell back to another type)"
@@ -283,6 +283,17 @@ def build_zoo_models(*specs: str | None) -> None:
 
 def _acc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _weights_label(cfg: dict[str, Any]) -> str:
+    """The answer's weights as the trace writes them: Q4_K_M, IQ4_NL+imatrix, ..."""
+    from haqa.recipes import Weights
+
+    return Weights(
+        quant_type=str(cfg.get("quant_type")),
+        recipe=cfg.get("recipe", "uniform"),
+        imatrix=bool(cfg.get("imatrix", False)),
+    ).label
 
 
 def _runtime_summary(cfg: dict[str, Any]) -> str:
