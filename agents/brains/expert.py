@@ -164,6 +164,14 @@ class _DeployView:
     def bits_of(self, quant: object) -> float:
         return self.bits.get(str(quant), _bits(quant))
 
+    def faster_than_incumbent(self, ctx: DecisionContext) -> int:
+        """How many types in the speed order come before the incumbent's (all, with none)."""
+        best = ctx.incumbent()
+        order = self.speed_order
+        if best is None or best.config.get("quant_type") not in order:
+            return len(order)
+        return order.index(str(best.config["quant_type"]))
+
     @classmethod
     def of(cls, ctx: DecisionContext) -> _DeployView:
         choices = [str(c) for c in (ctx.space.knob("quant_type").choices or ())]
@@ -376,13 +384,8 @@ def _shrink_to_fit(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
     budget = ctx.goal.memory_budget_bytes
     if budget is None or ctx.tools is None or "recipe" not in ctx.space.names:
         return None
-    best = ctx.incumbent()
     order = view.speed_order
-    limit = (
-        order.index(str(best.config["quant_type"]))
-        if best and best.config.get("quant_type") in order
-        else len(order)
-    )
+    limit = view.faster_than_incumbent(ctx)
     over: list[tuple[int, str]] = []
     for quant in order[:limit]:
         if view.bits_of(quant) <= view.floor_bits:
@@ -438,13 +441,8 @@ def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | 
     sensitive tensors one step up. The closest miss (most bits) first."""
     if "imatrix" not in ctx.space.names:
         return None
-    best = ctx.incumbent()
     order = view.speed_order
-    limit = (
-        order.index(str(best.config["quant_type"]))
-        if best and best.config.get("quant_type") in order
-        else len(order)
-    )
+    limit = view.faster_than_incumbent(ctx)
     missed = [t for t in ctx.history if _missed_accuracy(t, ctx)]
     for t in sorted(missed, key=lambda t: -view.bits_of(t.config.get("quant_type"))):
         quant = str(t.config.get("quant_type"))
