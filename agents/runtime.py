@@ -194,6 +194,11 @@ class RunRuntime:
                     prefill_tps=m.prefill_tps,
                     decode_tps=m.decode_tps,
                     peak_mem_bytes=m.peak_mem_bytes,
+                    perplexity_ratio=(
+                        m.perplexity / m.reference_perplexity
+                        if m.perplexity and m.reference_perplexity
+                        else None
+                    ),
                     objective=objective,
                     feasible=feasible,
                 )

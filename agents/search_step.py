@@ -72,15 +72,20 @@ def space_text(ctx_space: Any) -> str:
 
 
 def history_table(views: list[TrialView], knobs: list[str]) -> str:
-    """The trial history as a compact text table (what an LLM reads every step)."""
+    """The trial history as a compact text table (what an LLM reads every step); a perplexity
+    column (÷ the reference's) only when a trial measured it (a goal with a perplexity floor)."""
     if not views:
         return "(no trials yet)"
-    head = ["#", *knobs, "status", "acc", "pp t/s", "tg t/s", "mem", "objective", "feasible"]
+    with_ppl = any(v.perplexity_ratio is not None for v in views)
+    head = ["#", *knobs, "status", "acc", *(["ppl/ref"] if with_ppl else [])]
+    head += ["pp t/s", "tg t/s", "mem", "objective", "feasible"]
     rows = [" | ".join(head)]
     for v in views:
         cells = [str(v.trial_id), *[str(v.config.get(k, "")) for k in knobs], v.status]
+        cells.append("-" if v.accuracy is None else f"{v.accuracy:.3f}")
+        if with_ppl:
+            cells.append("-" if v.perplexity_ratio is None else f"{v.perplexity_ratio:.3f}")
         cells += [
-            "-" if v.accuracy is None else f"{v.accuracy:.3f}",
             "-" if v.prefill_tps is None else f"{v.prefill_tps:.1f}",
             "-" if v.decode_tps is None else f"{v.decode_tps:.1f}",
             format_bytes(v.peak_mem_bytes),
@@ -261,6 +266,9 @@ def _outcome(rt: RunRuntime, stage: str, trial: TrialRecord) -> str:
     m = current.metrics
     parts = [
         f"accuracy {m.accuracy:.3f}" if m.accuracy is not None else "",
+        f"perplexity {m.perplexity / m.reference_perplexity:.3f}x the reference's"
+        if m.perplexity and m.reference_perplexity
+        else "",
         f"pp {m.prefill_tps:.1f} tok/s" if m.prefill_tps is not None else "",
         f"tg {m.decode_tps:.1f} tok/s" if m.decode_tps is not None else "",
         f"peak {format_bytes(m.peak_mem_bytes)}" if m.peak_mem_bytes is not None else "",

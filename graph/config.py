@@ -56,6 +56,13 @@ class RunConfig(Strict):
     goal: str = Field("decode", description="decode, prefill or workload:PROMPT+GEN")
     max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="points below the reference")
     memory_budget: str | None = Field(None, description="peak memory allowed, e.g. 4GiB")
+    max_perplexity_increase: float | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="percent over the reference's perplexity a deployment may score on held-out "
+        "prose (None: no perplexity floor)",
+    )
     brain: str = Field(
         "expert", description="expert, openai, llamacpp, replay, or random/tpe/gp/nsga2/cmaes/local"
     )
@@ -230,10 +237,23 @@ class RunConfig(Strict):
         return RegressionLimits.parse(self.max_regression or DEFAULT_LIMITS)
 
     def parsed_goal(self) -> Goal:
+        """The goal, with a perplexity floor only where there is prose to score."""
+        if self.max_perplexity_increase is not None and (
+            self.perplexity_windows == 0 or self.model == "zoo:tiny"
+        ):
+            raise HaqaError(
+                "--max-perplexity-increase needs perplexity on held-out prose: "
+                + (
+                    "--perplexity-windows is 0; give 1 or more"
+                    if self.perplexity_windows == 0
+                    else "zoo:tiny is trained on a toy language and is not scored on prose"
+                )
+            )
         return Goal.parse(
             self.goal,
             max_accuracy_drop_points=self.max_accuracy_drop,
             memory_budget=self.memory_budget,
+            max_perplexity_increase_pct=self.max_perplexity_increase,
         )
 
 

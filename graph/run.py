@@ -114,6 +114,7 @@ def prepare(cfg: RunConfig) -> tuple[Goal, ToolboxSettings, str]:
         quick_analysis=cfg.quick_analysis,
         eval_text=_eval_text(cfg),
         perplexity_windows=cfg.perplexity_windows,
+        perplexity_floor=cfg.max_perplexity_increase is not None,
         calibration_text=_calibration_text(cfg),
     )
     summary = f"{cfg.model}" + (f" (speed measured on {cfg.speed_model})" if speed else "")

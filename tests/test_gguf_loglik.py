@@ -16,6 +16,7 @@ from haqa.tools.gguf_loglik import (
     _Model,
     divergence,
     gguf_continuation_logprobs,
+    gguf_perplexity,
     gguf_token_distributions,
     split_request,
 )
@@ -154,3 +155,20 @@ def test_a_quantized_kv_cache_is_part_of_what_is_scored(tiny_model: Path) -> Non
     assert q4 > 0.05 and q8 < q4 and flash < q4 / 10, (flash, q8, q4)
     with pytest.raises(ValidationError, match="needs flash attention"):
         KvCacheSettings(type_v="q4_0", flash_attn=False)
+
+
+def test_skipped_windows_split_a_texts_perplexity_into_disjoint_parts(tiny_model: Path) -> None:
+    """A run selects on the windows after the answer's (validation) and reports the answer on
+    the first ones (test): each window is scored alone, so the two parts' log-perplexities average
+    to the whole's, and the parts differ (they are different text)."""
+    gguf = export_gguf(Args(model=tiny_model, quant_type="Q8_0")).gguf_path
+    text = " ".join(TEXTS * 12)
+    whole = gguf_perplexity(gguf, text, n_ctx=32, max_chunks=2, n_threads=1)
+    first = gguf_perplexity(gguf, text, n_ctx=32, max_chunks=1, n_threads=1)
+    second = gguf_perplexity(gguf, text, n_ctx=32, max_chunks=1, skip_chunks=1, n_threads=1)
+    assert whole.n_chunks == 2 and first.n_chunks == second.n_chunks == 1
+    mean_log = (math.log(first.perplexity) + math.log(second.perplexity)) / 2
+    assert abs(math.log(whole.perplexity) - mean_log) < 1e-4, (whole, first, second)
+    assert first.perplexity != second.perplexity
+    with pytest.raises(HaqaError, match="give a longer text"):
+        gguf_perplexity(gguf, text, n_ctx=32, skip_chunks=10_000, n_threads=1)

@@ -401,3 +401,32 @@ def test_haqa_run_tunes_a_gguf_it_is_handed(smol: Files, tmp_path: Path) -> None
         assert failed.returncode == 2, (bad, failed.stdout, failed.stderr)
         assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
         assert str(bad.name) in failed.stderr, failed.stderr
+
+
+def test_a_perplexity_floor_judges_each_deployment_on_validation_prose(
+    smol: Files, tmp_path: Path
+) -> None:
+    """`--max-perplexity-increase 0`: the deploy trial scores its file and the F16 reference over
+    the same validation windows (stored beside its accuracy, told to the brain), a quantized file
+    scores above the reference, so the goal is not met (exit 3) although accuracy would allow it."""
+    from haqa.store import Store
+
+    env = {**os.environ, "HAQA_HOME": os.environ["HAQA_HOME"]}
+    small = ["--deploy-trials", "1", "--eval-limit", "3", "--n-prompt", "32", "--n-gen", "8"]
+    small += ["--repetitions", "1", "--perplexity-windows", "2", "--max-accuracy-drop", "100"]
+    db = tmp_path / "h.duckdb"
+    done = _run_cli(
+        "run", "--model", str(smol.shipped_gguf), *small, "--max-perplexity-increase", "0",
+        "--db", str(db), "--json", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    answer = RunAnswer.model_validate_json(done.stdout)
+    assert answer.status == "not_met"
+    trials = Store(str(db)).list_trials(answer.run_id, stage="deploy", status=["ok"])
+    searched = [t for t in trials if t.role is None]
+    assert searched, trials
+    for t in searched:
+        m = t.metrics
+        assert m.perplexity and m.reference_perplexity and m.perplexity > m.reference_perplexity
+    assert re.search(r"perplexity [\d.]+ \([\d.]+x th", done.stderr), done.stderr[-3000:]
+    assert "perplexity within 0% of the reference's" in done.stderr, done.stderr[-3000:]

@@ -236,19 +236,26 @@ def gguf_perplexity(
     n_threads: int | None = None,
     kv_cache: KvCacheSettings | None = None,
     max_chunks: int | None = None,
+    skip_chunks: int = 0,
 ) -> Perplexity:
     """Perplexity of a GGUF over ``text`` as llama.cpp's ``llama-perplexity`` measures it: the
     tokenized text cut into windows of ``n_ctx`` tokens, each decoded from an empty cache, and
     only the second half of each window scored (every scored token sees at least n_ctx/2 tokens
-    of context). Streams window by window, so a long text costs no memory."""
+    of context). Streams window by window, so a long text costs no memory. ``skip_chunks``
+    windows are passed over first: two disjoint parts of one text, one to select on and one to
+    report (a run's validation and test perplexity)."""
     model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1, kv_cache)
     try:
         tokens = model.tokenize(text)
         windows = [tokens[i : i + n_ctx] for i in range(0, len(tokens) - n_ctx + 1, n_ctx)]
+        windows = windows[skip_chunks:]
         if max_chunks is not None:
             windows = windows[:max_chunks]
         if not windows:
-            raise HaqaError(f"the text has {len(tokens)} tokens: fewer than one {n_ctx} window")
+            raise HaqaError(
+                f"the text has {len(tokens)} tokens: fewer than {skip_chunks + 1} windows of "
+                f"{n_ctx}; give a longer text"
+            )
         nll, scored = 0.0, 0
         for window in windows:
             model.cached = []  # each window starts from an empty cache, as llama-perplexity

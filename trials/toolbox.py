@@ -57,6 +57,10 @@ class ToolboxSettings(BaseModel):
     #: perplexity), and how many 512-token windows of it.
     eval_text: Path | None = None
     perplexity_windows: int = 16
+    #: The goal has a perplexity floor: every deploy trial's perplexity is measured beside the
+    #: reference's over the ``perplexity_windows`` windows *after* the answer's (validation
+    #: windows: the answer's reported perplexity stays on text no selection looked at).
+    perplexity_floor: bool = False
     #: Text an importance matrix is computed over (a trial with ``imatrix``); None: the
     #: training split's questions and answers, which no evaluation uses.
     calibration_text: Path | None = None
@@ -363,10 +367,45 @@ class LiveToolbox:
             fallback_share=mix.fallback_share,
         )
 
+    def _perplexity(self, gguf: Path, kv: KvCacheSettings, *, validation: bool) -> float:
+        """Perplexity of this GGUF with this cache over the run's prose: the validation windows
+        (those after the answer's) or the answer's own, from the disk cache when measured
+        before (keyed as accuracy is, by the file, the text, the windows and the cache)."""
+        from haqa.tools.gguf_loglik import gguf_perplexity
+
+        assert self.s.eval_text is not None
+        w = self.s.perplexity_windows
+        skip = w if validation else 0
+        keyed = self._eval_cache_path(gguf, [self.s.eval_text], kv)
+        cache = keyed.with_name(f"ppl-{skip}-{w}-{keyed.name}")
+        if cache.is_file():
+            return float(json.loads(cache.read_text())["perplexity"])
+        text = self.s.eval_text.read_text()
+        value = gguf_perplexity(gguf, text, kv_cache=kv, max_chunks=w, skip_chunks=skip).perplexity
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"perplexity": value}))
+        tmp.replace(cache)
+        return value
+
+    def _validation_perplexity(
+        self, adapter: str | None, weights: Weights, kv: KvCacheSettings
+    ) -> dict[str, float]:
+        """The deployed file's validation perplexity beside the reference's (F16, f16 cache),
+        for a goal with a perplexity floor; nothing otherwise."""
+        if not self.s.perplexity_floor or self.s.eval_text is None:
+            return {}
+        return {
+            "perplexity": self._perplexity(self._gguf(adapter, weights), kv, validation=True),
+            "reference_perplexity": self._perplexity(
+                self._gguf(adapter, "F16"), KvCacheSettings(), validation=True
+            ),
+        }
+
     def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-        scored = self._deployed_accuracy(
-            adapter, config.weights, KvCacheSettings.deployed(config.runtime)
-        )
+        kv = KvCacheSettings.deployed(config.runtime)
+        scored = self._deployed_accuracy(adapter, config.weights, kv)
+        ppl = self._validation_perplexity(adapter, config.weights, kv)
         speed = self._benchmark(self._speed_gguf(adapter, config.weights), config.runtime)
         made = self._quantize_commands(adapter, config.weights, self._gguf(adapter, config.weights))
         return TrialMetrics(
@@ -375,6 +414,7 @@ class LiveToolbox:
                 "accuracy": scored.accuracy,
                 "correct": scored.correct,
                 "quantize_commands": made or None,
+                **ppl,
             }
         )
 
@@ -404,18 +444,12 @@ class LiveToolbox:
         out = TrialMetrics(accuracy=scored.accuracy, correct=scored.correct)
         if self.s.eval_text is None:
             return out
-        from haqa.tools.gguf_loglik import gguf_perplexity
-
-        text = self.s.eval_text.read_text()
-
-        def ppl(path: Path, cache: KvCacheSettings) -> float:
-            w = self.s.perplexity_windows
-            return gguf_perplexity(path, text, kv_cache=cache, max_chunks=w).perplexity
-
         return out.model_copy(
             update={
-                "perplexity": ppl(gguf, kv),
-                "reference_perplexity": ppl(self._gguf(adapter, "F16"), KvCacheSettings()),
+                "perplexity": self._perplexity(gguf, kv, validation=False),
+                "reference_perplexity": self._perplexity(
+                    self._gguf(adapter, "F16"), KvCacheSettings(), validation=False
+                ),
             }
         )
 

@@ -52,6 +52,9 @@ class TrialView(BaseModel):
     prefill_tps: float | None = None
     decode_tps: float | None = None
     peak_mem_bytes: int | None = None
+    #: Perplexity ÷ the reference's over the same validation prose (a goal with a perplexity
+    #: floor measures it; None otherwise).
+    perplexity_ratio: float | None = None
     objective: float | None = None
     feasible: bool = False
 

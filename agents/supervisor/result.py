@@ -182,7 +182,14 @@ def build_result(rt: RunRuntime) -> RunResult:
             "no deployment was measured"
             if not measured
             else f"none of {len(measured)} measured deployments kept accuracy within "
-            f"{rt.goal.max_accuracy_drop * 100:g} points of {reference} and fit the memory budget"
+            f"{rt.goal.max_accuracy_drop * 100:g} points of "
+            + ("its reference" if reference is None else f"{reference:.3f}")
+            + (
+                f", perplexity within {rt.goal.max_perplexity_increase:.0%} of the reference's"
+                if rt.goal.max_perplexity_increase is not None
+                else ""
+            )
+            + " and fit the memory budget"
         )
         return result.model_copy(update={"error": why})
     best_view = max(feasible, key=lambda v: v.objective or 0.0)

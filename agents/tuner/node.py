@@ -59,6 +59,11 @@ def deployed_summary(config: DeployConfig, m: TrialMetrics, reference: TrialMetr
     ref = reference.correct if reference is not None else None
     if ref and m.correct and len(ref) == len(m.correct):
         paired = f" [vs reference: {compare_paired(ref, m.correct).summary()}]"
+    if m.perplexity and m.reference_perplexity:
+        paired += (
+            f", perplexity {m.perplexity:.2f} ({m.perplexity / m.reference_perplexity:.3f}x "
+            f"the reference's {m.reference_perplexity:.2f})"
+        )
     return (
         f" ({config.weights.label}{bits}): accuracy {m.accuracy or 0:.3f}{paired}, pp "
         f"{m.prefill_tps or 0:.1f} tok/s, tg {m.decode_tps or 0:.1f} tok/s, peak "
@@ -161,6 +166,12 @@ def _step_spec(
         if reference is not None
         else ""
     )
+    rise = rt.goal.max_perplexity_increase
+    if rise is not None:
+        extra += (
+            f" Perplexity on validation prose may be at most {1 + rise:g}x the reference's "
+            "(column ppl/ref)."
+        )
     return StepSpec(
         agent=AGENT,
         stage=STAGE,

@@ -335,6 +335,14 @@ def run_command(
     memory_budget: Annotated[
         str | None, typer.Option("--memory-budget", help="peak memory allowed, e.g. 4GiB")
     ] = None,
+    max_perplexity_increase: Annotated[
+        float | None,
+        typer.Option(
+            "--max-perplexity-increase",
+            help="percent over the reference's perplexity on held-out prose (--eval-text) a "
+            "deployment may score, e.g. 3; finer than task accuracy",
+        ),
+    ] = None,
     brain: Annotated[str | None, typer.Option("--brain", help=BRAIN_HELP)] = None,
     finetune_trials: Annotated[int | None, typer.Option("--finetune-trials")] = None,
     deploy_trials: Annotated[int | None, typer.Option("--deploy-trials")] = None,
@@ -505,6 +513,7 @@ def run_command(
             "goal": goal,
             "max_accuracy_drop": max_accuracy_drop,
             "memory_budget": memory_budget,
+            "max_perplexity_increase": max_perplexity_increase,
             "brain": brain,
             "eval_limit": eval_limit,
             "eval_text": eval_text,
