@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from _common import reproduce_line
-from llama_bench_build import ensure_llama_tool
+from llama_bench_build import ensure_llama_tool, tool_env
 
 from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
 from haqa.tools.gguf_loglik import gguf_perplexity
@@ -47,7 +47,7 @@ def main() -> int:
         cmd = [str(exe), "-m", str(f16), "-f", str(calib), "-c", str(a.ctx)]
         cmd += ["--chunks", str(a.chunks), "-o", str(theirs_path), "-t", str(a.threads)]
         cmd += ["--no-ppl", "-b", str(a.ctx)]
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True, env=tool_env())
         theirs = importance(theirs_path)
         close = agreement(importance(ours.imatrix_path), theirs)
         print(reproduce_line())

@@ -2,16 +2,21 @@
 sources llama-cpp-python vendors.
 
 Each binary is built once per llama-cpp-python version into
-``$HAQA_HOME/llama-bench/<version>/bin/<tool>``, from the sdist of the installed version
-(``pip download --no-binary``), with the same defaults the wheel was built with (Release,
-``GGML_NATIVE``), so the comparisons in ``llama_bench_fidelity.py`` and ``imatrix_agreement.py``
-run the same kernels as haqa.
+``$HAQA_HOME/llama-bench/<version>/shared/<tool>``, from the sdist of the installed version
+(``pip download --no-binary``), as shared libraries, and run with ``tool_env()``: the loader
+takes ``libllama`` and ``libggml*`` from the installed wheel, so the comparisons in
+``llama_bench_fidelity.py`` and ``imatrix_agreement.py`` run *the very kernels* haqa runs, and
+only the driver differs (the tool's C++ loop against haqa's Python one). A static build of the
+same sources is other machine code (other flags: position-dependent, another layout, the wheel
+may have been compiled on another CPU and cached by pip): it read pp 6–16% below haqa at two
+threads on a Xeon while tg agreed, a difference of builds, not of measurement.
 
 Run alone to build: ``.venv/bin/python bench/llama_bench_build.py [llama-imatrix ...]``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +37,22 @@ def bench_dir() -> Path:
     return haqa_home() / "llama-bench" / llama_cpp_version()
 
 
+def wheel_lib_dir() -> Path:
+    """Where the installed llama-cpp-python keeps its ``libllama``/``libggml*``."""
+    import llama_cpp
+
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
+def tool_env() -> dict[str, str]:
+    """The environment a built tool runs in: the wheel's libraries first (``LD_LIBRARY_PATH``
+    is searched before the binary's own run path), then the tool's own (``libllama-common``)."""
+    paths = [str(wheel_lib_dir()), str(bench_dir() / "shared")]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        paths.append(os.environ["LD_LIBRARY_PATH"])
+    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(paths)}
+
+
 def ensure_llama_bench(jobs: int = 2) -> Path:
     """The path of the built ``llama-bench``; builds it first (minutes) if it is missing."""
     return ensure_llama_tool("llama-bench", jobs)
@@ -41,7 +62,7 @@ def ensure_llama_tool(tool: str, jobs: int = 2) -> Path:
     """The path of a built llama.cpp tool (a CMake target such as ``llama-imatrix``); builds it
     first (minutes) if it is missing."""
     out = bench_dir()
-    exe = out / "bin" / tool
+    exe = out / "shared" / tool
     if exe.is_file():
         return exe
     for needed in ("cmake", "c++"):
@@ -65,7 +86,7 @@ def ensure_llama_tool(tool: str, jobs: int = 2) -> Path:
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
         flags = [
             "-DCMAKE_BUILD_TYPE=Release",
-            "-DBUILD_SHARED_LIBS=OFF",
+            "-DBUILD_SHARED_LIBS=ON",
             "-DLLAMA_BUILD_TOOLS=ON",
             "-DLLAMA_BUILD_TESTS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -78,8 +99,13 @@ def ensure_llama_tool(tool: str, jobs: int = 2) -> Path:
             ["cmake", "--build", str(build), "--target", tool, "-j", str(jobs)],
             check=True,
         )
-        (out / "bin").mkdir(exist_ok=True)
-        tmp_exe = out / "bin" / f"{tool}.tmp"
+        (out / "shared").mkdir(exist_ok=True)
+        # The tool's own libraries (libllama-common); the wheel's replace the rest at run time.
+        wheel = {p.name for p in wheel_lib_dir().glob("*.so*")}
+        for lib in (build / "bin").glob("*.so*"):
+            if lib.name not in wheel:
+                shutil.copy2(lib, out / "shared" / lib.name, follow_symlinks=False)
+        tmp_exe = out / "shared" / f"{tool}.tmp"
         shutil.copy2(build / "bin" / tool, tmp_exe)
         tmp_exe.replace(exe)  # atomic: a half-copied binary is never taken as built
     return exe

@@ -1,10 +1,11 @@
 """Does haqa's llama.cpp benchmark measure what llama.cpp's own ``llama-bench`` measures?
 
 Builds ``llama-bench`` from the sources llama-cpp-python vendors (once, see
-``llama_bench_build.py``), then runs both side by side on the same GGUF files with the same knobs,
-interleaved and repeated (the order alternates each round) so that load from other processes falls
-on both alike, and prints haqa ÷ llama-bench for pp and tg tokens/s: the median over rounds of
-the ratio within each round.
+``llama_bench_build.py``) and runs it on the installed wheel's own libraries, so both tools run
+the same kernels and only their drivers differ; then runs both side by side on the same GGUF
+files with the same knobs, interleaved and repeated (the order alternates each round) so that
+load from other processes falls on both alike, and prints haqa ÷ llama-bench for pp and tg
+tokens/s: the median over rounds of the ratio within each round.
 Target: median pp and tg ratios within 0.95–1.05, every ratio within 0.90–1.10.
 
 Each test gets llama-bench's own context size (pp: ``n_prompt`` cells, tg: ``n_gen``), so the two
@@ -14,7 +15,7 @@ a token: on a small model that decodes in about a millisecond, a fixed cost per 
 separates a Python loop from a C++ one.
 
     .venv/bin/python bench/llama_bench_fidelity.py [--model GGUF_OR_HF ...] [--quant Q4_0,Q8_0,F16]
-        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 3]
+        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2]
 
 Any GGUF file, HF folder or zoo name; ``--model`` may be given more than once. Without it: the
 zoo's real 135M model (zoo:smollm2-135m, whose F16 GGUF decodes in the regime where a per-token
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llama_bench_build import ensure_llama_bench
+from llama_bench_build import ensure_llama_bench, tool_env
 
 from haqa.errors import HaqaError
 from haqa.schemas import RuntimeSettings
@@ -73,7 +74,7 @@ def _llama_bench(exe: Path, gguf: Path, threads: int, p: int, n: int, r: int) ->
     cmd += ["-t", str(threads), "-b", "2048", "-ub", "512", "-fa", "0", "-ctk", "f16"]
     cmd += ["-ctv", "f16", "-ngl", "0", "-lm", "mmap", "--repack", str(int(extra_bufts_safe()))]
     cmd += ["-o", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
         raise RuntimeError(f"llama-bench failed ({proc.returncode}): {tail}")
@@ -125,8 +126,12 @@ def main() -> int:
     ap.add_argument("-p", "--n-prompt", type=int, default=128)
     ap.add_argument("-n", "--n-gen", type=int, default=32)
     ap.add_argument("-r", "--repetitions", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds, even: each order as often"
+    )
     a = ap.parse_args()
+    if a.rounds % 2:
+        print(f"note: {a.rounds} rounds: one order runs once more than the other")
     try:
         exe = ensure_llama_bench()
     except (HaqaError, subprocess.CalledProcessError, OSError) as exc:
@@ -143,10 +148,12 @@ def main() -> int:
     host_us: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     print(f"llama-bench: {exe}\np={a.n_prompt} n={a.n_gen} r={a.repetitions}")
     for rnd in range(a.rounds):
-        for i, ((spec, q), t) in enumerate(combos):
+        for (spec, q), t in combos:
             gguf = files[(spec, q)]
-            # Alternate who goes first, so a slow spell of the machine is shared out evenly.
-            if (rnd + i) % 2 == 0:
+            # Who goes first alternates by round for every pair alike (an even number of rounds
+            # gives each pair both orders); by pair as well, the order went with the thread count
+            # (i's parity is the thread index when two are compared).
+            if rnd % 2 == 0:
                 ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
                 ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
             else:
