@@ -17,9 +17,9 @@ separates a Python loop from a C++ one.
     .venv/bin/python bench/llama_bench_fidelity.py [--model GGUF_OR_HF ...] [--quant Q4_0,Q8_0,F16]
         [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2]
 
-Any GGUF file, HF folder or zoo name; ``--model`` may be given more than once. Without it: the
-zoo's real 135M model (zoo:smollm2-135m, whose F16 GGUF decodes in the regime where a per-token
-cost shows) and zoo:bench-200m, each when built, else zoo:tiny.
+Any GGUF file, HF folder or zoo name; ``--model`` may be given more than once. Without it:
+zoo:bench-60m (a few hundred tokens/s on two cores: the regime where a per-token cost shows), the
+zoo's real 135M model (zoo:smollm2-135m) and zoo:bench-200m, each when built, else zoo:tiny.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from haqa.tools.llama_session import extra_bufts_safe
 def _default_models() -> list[str]:
     from haqa.zoo import is_built
 
-    built = [f"zoo:{name}" for name in ("smollm2-135m", "bench-200m") if is_built(name)]
+    names = ("bench-60m", "smollm2-135m", "bench-200m")
+    built = [f"zoo:{name}" for name in names if is_built(name)]
     return built or ["zoo:tiny"]
 
 

@@ -15,6 +15,7 @@ from haqa.zoo import bench_shapes
 
 def test_shapes_are_the_advertised_sizes() -> None:
     assert 180e6 < bench_shapes.SHAPES["bench-200m"].n_params() < 220e6
+    assert 55e6 < bench_shapes.SHAPES["bench-60m"].n_params() < 65e6
     one_b = bench_shapes.SHAPES["bench-1b"]
     # Llama-3.2-1B has 1.236B parameters with tied embeddings.
     assert abs(one_b.n_params() - 1.2358e9) / 1.2358e9 < 0.01

