@@ -282,6 +282,14 @@ def _near_lossless_cache(config: dict[str, Any]) -> bool:
     )
 
 
+def _floor(ctx: DecisionContext) -> str:
+    """What a miss missed, in the policy's words: a goal with a perplexity floor has two, and
+    the expert treats a miss of either alike (both are the weights' rounding)."""
+    if ctx.goal.max_perplexity_increase is None:
+        return "accuracy floor"
+    return "accuracy or perplexity floor"
+
+
 def _bits(quant_type: object) -> float:
     return BITS_PER_WEIGHT.get(str(quant_type), 16.0)
 
@@ -332,7 +340,7 @@ def _recover_accuracy(ctx: DecisionContext, view: _DeployView) -> Proposal | Non
             action="trial",
             config=candidate,
             thought=(
-                f"policy: no type measured so far kept the accuracy floor; {quant} "
+                f"policy: no type measured so far kept the {_floor(ctx)}; {quant} "
                 f"({view.bits_of(quant):.2f} bits) has more bits than every type that missed it"
             ),
         )
@@ -360,10 +368,10 @@ def _probe_headroom(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
         if view.speed_order.index(quant) > view.speed_order.index(bold_name):
             continue  # not predicted faster: nothing to gain for the risk
         why = (
-            f"between {bold_name}, which kept the accuracy floor, and a "
+            f"between {bold_name}, which kept the {_floor(ctx)}, and a "
             f"{view.floor_bits:g}-bit type that missed it"
             if view.missed_floor
-            else f"{bold_name} kept the accuracy floor, so the faster {quant} may too"
+            else f"{bold_name} kept the {_floor(ctx)}, so the faster {quant} may too"
         )
         return Proposal(
             action="trial", config=candidate, thought=f"policy: {quant} ({bits:g} bits): {why}"
@@ -459,7 +467,7 @@ def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | 
             return Proposal(
                 action="trial",
                 config=candidate,
-                thought=f"policy: {quant} missed the accuracy floor (trial {t.trial_id}); {why}",
+                thought=f"policy: {quant} missed the {_floor(ctx)} (trial {t.trial_id}); {why}",
             )
     return None
 

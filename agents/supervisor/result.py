@@ -522,7 +522,11 @@ def _winner_speeds(
 
 
 def _final_test(rt: RunRuntime, cfg: DeployConfig, adapter: str | None) -> TrialRecord:
-    """The winner's accuracy on the test split, recorded as the run's ``test`` trial."""
+    """The winner's accuracy on the test split, recorded as the run's ``test`` trial; its
+    configuration names the whole weights (a recipe and an importance matrix where the answer
+    has them), so the stored row says which file was scored."""
+    weights = {"recipe": cfg.recipe} if cfg.recipe != "uniform" else {}
+    weights |= {"imatrix": True} if cfg.imatrix else {}
     return run_trial(
         rt,
         agent="supervisor",
@@ -531,6 +535,7 @@ def _final_test(rt: RunRuntime, cfg: DeployConfig, adapter: str | None) -> Trial
         config={
             "role": "test",
             "quant_type": cfg.quant_type,
+            **weights,
             "type_k": cfg.type_k,
             "type_v": cfg.type_v,
             "adapter": adapter,
