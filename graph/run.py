@@ -64,10 +64,22 @@ def _eval_text(cfg: RunConfig) -> Path | None:
         path = Path(cfg.eval_text)
         if not path.is_file():
             raise HaqaError(f"--eval-text {path}: no such file")
-        return path
-    from haqa import zoo
+    else:
+        from haqa import zoo
 
-    return zoo.text_file(zoo.SMOLLM2, "eval")
+        path = zoo.text_file(zoo.SMOLLM2, "eval")
+    if cfg.max_perplexity_increase is not None:
+        # A perplexity floor scores two disjoint parts: the answer's windows and, after them,
+        # the validation windows. A token spans at least one byte, so a text with fewer bytes
+        # than both parts' tokens is surely too short (a borderline one fails in the trial).
+        needed = 2 * cfg.perplexity_windows * 512
+        if path.stat().st_size < needed:
+            raise HaqaError(
+                f"--eval-text {path.name} has {path.stat().st_size} bytes: a perplexity floor "
+                f"needs 2 x {cfg.perplexity_windows} windows of 512 tokens; give a longer text "
+                "or fewer --perplexity-windows"
+            )
+    return path
 
 
 def _calibration_text(cfg: RunConfig) -> Path | None:

@@ -13,6 +13,8 @@ from haqa.cli import main
 from haqa.errors import HaqaError
 from haqa.goal import Goal
 from haqa.schemas import TrialMetrics
+from haqa.store import Store
+from haqa.zoo.smollm2 import Files
 
 
 def _measured(perplexity: float | None, accuracy: float = 0.60) -> TrialMetrics:
@@ -78,3 +80,17 @@ def test_a_perplexity_floor_with_no_prose_to_score_is_a_one_line_error(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and why in err, err
     assert not db.exists()  # refused before anything was stored
+
+
+def test_a_perplexity_floor_on_too_short_a_text_is_a_one_line_error(
+    smol: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("A few words of prose. " * 40)
+    db = tmp_path / "h.duckdb"
+    args = ["run", "--model", str(smol.shipped_gguf), "--eval-text", str(short)]
+    args += ["--max-perplexity-increase", "3", "--db", str(db)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "short.txt" in err and "windows" in err, err
+    assert not db.exists() or not Store(str(db)).list_runs()  # refused before a run was stored

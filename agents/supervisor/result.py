@@ -525,8 +525,9 @@ def _final_test(rt: RunRuntime, cfg: DeployConfig, adapter: str | None) -> Trial
     """The winner's accuracy on the test split, recorded as the run's ``test`` trial; its
     configuration names the whole weights (a recipe and an importance matrix where the answer
     has them), so the stored row says which file was scored."""
-    weights = {"recipe": cfg.recipe} if cfg.recipe != "uniform" else {}
-    weights |= {"imatrix": True} if cfg.imatrix else {}
+    weights: dict[str, str | bool] = {"recipe": cfg.recipe} if cfg.recipe != "uniform" else {}
+    if cfg.imatrix:
+        weights["imatrix"] = True
     return run_trial(
         rt,
         agent="supervisor",

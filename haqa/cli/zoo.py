@@ -22,7 +22,9 @@ app.add_typer(zoo_app, name="zoo")
 
 @zoo_app.command("build")
 def build_command(
-    name: Annotated[str, typer.Argument(help="tiny, bench-60m, bench-200m, bench-1b or smollm2-135m")],
+    name: Annotated[
+        str, typer.Argument(help="tiny, bench-60m, bench-200m, bench-1b or smollm2-135m")
+    ],
     force: Annotated[bool, typer.Option("--force", help="rebuild even if it exists")] = False,
 ) -> None:
     """Build a zoo model into $HAQA_HOME/zoo/NAME (once; --force rebuilds)."""

