@@ -104,7 +104,9 @@ def ensure_llama_tool(tool: str, jobs: int = 2) -> Path:
         wheel = {p.name for p in wheel_lib_dir().glob("*.so*")}
         for lib in (build / "bin").glob("*.so*"):
             if lib.name not in wheel:
-                shutil.copy2(lib, out / "shared" / lib.name, follow_symlinks=False)
+                dest = out / "shared" / lib.name
+                dest.unlink(missing_ok=True)  # a second tool's build brings the same links
+                shutil.copy2(lib, dest, follow_symlinks=False)
         tmp_exe = out / "shared" / f"{tool}.tmp"
         shutil.copy2(build / "bin" / tool, tmp_exe)
         tmp_exe.replace(exe)  # atomic: a half-copied binary is never taken as built

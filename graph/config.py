@@ -238,6 +238,10 @@ class RunConfig(Strict):
 
     def parsed_goal(self) -> Goal:
         """The goal, with a perplexity floor only where there is prose to score."""
+        if self.max_perplexity_increase is not None and self.tabular:
+            raise HaqaError(
+                "a recorded grid holds no perplexity: --max-perplexity-increase needs a live run"
+            )
         if self.max_perplexity_increase is not None and (
             self.perplexity_windows == 0 or self.model == "zoo:tiny"
         ):

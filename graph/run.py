@@ -75,9 +75,9 @@ def _eval_text(cfg: RunConfig) -> Path | None:
         needed = 2 * cfg.perplexity_windows * 512
         if path.stat().st_size < needed:
             raise HaqaError(
-                f"--eval-text {path.name} has {path.stat().st_size} bytes: a perplexity floor "
-                f"needs 2 x {cfg.perplexity_windows} windows of 512 tokens; give a longer text "
-                "or fewer --perplexity-windows"
+                f"the held-out prose {path.name} has {path.stat().st_size} bytes: a perplexity "
+                f"floor needs 2 x {cfg.perplexity_windows} windows of 512 tokens; give a longer "
+                "text or fewer --perplexity-windows"
             )
     return path
 
@@ -314,6 +314,7 @@ def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
     """A grid answers only for its own model and machine."""
     if cfg.budgets.finetune_trials:
         raise HaqaError("a tabular run has no fine-tuning stage: pass --finetune-trials 0")
+
     if cfg.model != grid.model or (cfg.speed_model or None) != grid.speed_model:
         raise HaqaError(
             f"grid {grid.grid_id} was recorded for {grid.model}"

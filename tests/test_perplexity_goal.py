@@ -69,6 +69,7 @@ def test_the_history_shows_the_perplexity_ratio_only_where_it_was_measured() -> 
     [
         (["--model", "zoo:tiny"], "zoo:tiny is trained on a toy language"),
         (["--model", "zoo:smollm2-135m", "--perplexity-windows", "0"], "--perplexity-windows is 0"),
+        (["--tabular", "grid-0", "--finetune-trials", "0"], "a recorded grid holds no perplexity"),
     ],
 )
 def test_a_perplexity_floor_with_no_prose_to_score_is_a_one_line_error(

@@ -127,3 +127,41 @@ def test_the_answer_is_paired_with_the_trial_of_its_own_weights() -> None:
     }
     assert {k: t.trial_id for k, t in found.items() if t} == {"plain": 1, "imatrix": 2, "mixed": 3}
     assert _measured_with(rt, "IQ4_NL", {"recipe": "ends_up"}) is None
+
+
+def test_a_faster_default_whose_weights_missed_the_perplexity_floor_never_wins(
+    tmp_path: Path,
+) -> None:
+    """Under a perplexity floor, the search measured Q4_0 (within it) and Q4_K_M (over it, with
+    accuracy to spare); llama.cpp's Q4_K_M defaults decode faster side by side, but their
+    weights missed the floor, so the search's Q4_0 stays the answer."""
+    from haqa.goal import Goal
+
+    class FastDefaults(InstantToolbox):
+        def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+            self.deployed.append(config.quant_type)
+            ppl = 10.2 if config.quant_type == "Q4_0" else 11.0
+            return TrialMetrics(
+                accuracy=0.5,
+                prefill_tps=100.0,
+                decode_tps=20.0,
+                perplexity=ppl,
+                reference_perplexity=10.0,
+            )
+
+        def baseline(
+            self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+        ) -> TrialMetrics:
+            fast = 40.0 if quant_type == "Q4_K_M" else 5.0
+            return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
+
+    store = Store(tmp_path / "haqa.duckdb")
+    brain = ScriptedBrain(["Q4_0", "Q4_K_M"])
+    goal = Goal.parse("decode", max_perplexity_increase_pct=5)
+    budgets = Budgets(finetune_trials=0, deploy_trials=2)
+    rt = instant_runtime(store, brain, budgets, FastDefaults(), goal=goal)
+    drive(rt)
+    result = RunResult.model_validate(store.get_run(rt.run_id).result)
+    assert result.found and result.config is not None
+    assert result.config["quant_type"] == "Q4_0", result.race_winner
+    assert result.race_winner != "llama.cpp's defaults at Q4_K_M"

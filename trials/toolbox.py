@@ -381,7 +381,16 @@ class LiveToolbox:
         if cache.is_file():
             return float(json.loads(cache.read_text())["perplexity"])
         text = self.s.eval_text.read_text()
-        value = gguf_perplexity(gguf, text, kv_cache=kv, max_chunks=w, skip_chunks=skip).perplexity
+        scored = gguf_perplexity(gguf, text, kv_cache=kv, max_chunks=w, skip_chunks=skip)
+        if validation and scored.n_chunks < w:
+            # Fewer validation windows than asked would judge the floor on less text than the
+            # user chose; the run-level check only catches texts too short by their bytes.
+            raise HaqaError(
+                f"{self.s.eval_text.name} gives {scored.n_chunks} validation windows after the "
+                f"answer's {w}: a perplexity floor needs {w}; give a longer text or fewer "
+                "--perplexity-windows"
+            )
+        value = scored.perplexity
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps({"perplexity": value}))

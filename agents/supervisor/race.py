@@ -31,7 +31,10 @@ class Entrant(BaseModel):
     config: dict[str, object]
     objective: float | None = Field(description="the goal's objective, mean of its rounds")
     rsd: float = Field(0.0, description="relative spread of its rounds (or the benchmark's rsd)")
-    meets_goal: bool = Field(description="kept the accuracy floor and fits the memory budget")
+    meets_goal: bool = Field(
+        description="kept the accuracy floor (and the perplexity floor, where the goal has one) "
+        "and fits the memory budget"
+    )
     default: bool = Field(False, description="llama.cpp's defaults: wins a tie it measured faster")
     trial_ids: list[int] = Field(default_factory=list)
 

@@ -185,7 +185,7 @@ def build_result(rt: RunRuntime) -> RunResult:
             f"{rt.goal.max_accuracy_drop * 100:g} points of "
             + ("its reference" if reference is None else f"{reference:.3f}")
             + (
-                f", perplexity within {rt.goal.max_perplexity_increase:.0%} of the reference's"
+                f", perplexity within {rt.goal.max_perplexity_increase * 100:g}% of the reference's"
                 if rt.goal.max_perplexity_increase is not None
                 else ""
             )
@@ -345,6 +345,16 @@ def _baseline_accuracy(
     return trial.metrics.accuracy if trial else None
 
 
+def _baseline_perplexity(rt: RunRuntime, quant: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A default's validation perplexity beside the reference's, from the search trial that
+    measured the same weights and cache (nothing for F16, the reference, or when none did)."""
+    trial = None if quant == "F16" else _measured_with(rt, quant, config)
+    if trial is None:
+        return {}
+    m = trial.metrics
+    return {"perplexity": m.perplexity, "reference_perplexity": m.reference_perplexity}
+
+
 def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entrant]:
     """The chosen configuration first (its figure: the mean of its final rounds), then each
     default with what it measured and whether it meets the goal."""
@@ -372,14 +382,25 @@ def _entrants(rt: RunRuntime, race: _Race, reference: float | None) -> list[Entr
             continue
         config = trial.search_config
         accuracy = _baseline_accuracy(rt, baseline.quant_type, reference, config)
-        metrics = trial.metrics.model_copy(update={"accuracy": accuracy})
+        metrics = trial.metrics.model_copy(
+            update={"accuracy": accuracy, **_baseline_perplexity(rt, baseline.quant_type, config)}
+        )
+        # Under a perplexity floor a default counts only where its weights' perplexity was
+        # measured (F16 is the reference itself): an unmeasured one cannot be said to keep it.
+        ppl_known = (
+            rt.goal.max_perplexity_increase is None
+            or baseline.quant_type == "F16"
+            or metrics.perplexity is not None
+        )
         out.append(
             Entrant(
                 name=f"llama.cpp's defaults at {baseline.quant_type}",
                 config=config,
                 objective=rt.goal.objective(trial.metrics),
                 rsd=trial.metrics.decode_rsd or 0.0,
-                meets_goal=accuracy is not None and rt.goal.feasible(metrics, reference),
+                meets_goal=accuracy is not None
+                and ppl_known
+                and rt.goal.feasible(metrics, reference),
                 trial_ids=[trial.trial_id],
                 default=True,
             )

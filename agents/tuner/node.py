@@ -93,6 +93,11 @@ def reference_accuracy(rt: RunRuntime, adapter: str | None) -> float | None:
         f"reference accuracy ({'fine-tuned' if adapter else 'base'} model, F16 GGUF): {acc:.3f}"
         + (f" on {n} validation questions" if n else "")
         + f"; a deployment is feasible at >= {acc - rt.goal.max_accuracy_drop:.3f}"
+        + (
+            f" with perplexity <= {1 + rt.goal.max_perplexity_increase:g}x the reference's"
+            if rt.goal.max_perplexity_increase is not None
+            else ""
+        )
         + (f". Note: {coarse}" if coarse else "")
         if acc is not None
         else f"reference evaluation failed: {trial.error}",
