@@ -165,3 +165,16 @@ def test_a_faster_default_whose_weights_missed_the_perplexity_floor_never_wins(
     assert result.found and result.config is not None
     assert result.config["quant_type"] == "Q4_0", result.race_winner
     assert result.race_winner != "llama.cpp's defaults at Q4_K_M"
+
+
+def test_llama_cpp_defaults_use_no_more_cores_than_the_target_may() -> None:
+    """A fleet kind whose node advertises one CPU of a two-core machine: its probe reads two
+    physical cores, but the defaults raced against its answer run on the one it may use (else a
+    2-thread default could win and be answered for a 1-CPU kind)."""
+    from haqa.agents.supervisor.result import llama_defaults
+
+    brief = {"physical_cores": 2, "logical_cores": 4}
+    assert llama_defaults(brief).n_threads == 2
+    assert llama_defaults(brief, max_threads=1).n_threads == 1
+    assert llama_defaults(brief, max_threads=1).threads_batch == 1
+    assert llama_defaults(brief, max_threads=8).n_threads == 2

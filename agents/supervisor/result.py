@@ -128,10 +128,14 @@ class RunResult(BaseModel):
         )
 
 
-def llama_defaults(brief: dict[str, Any]) -> RuntimeSettings:
+def llama_defaults(brief: dict[str, Any], max_threads: int | None = None) -> RuntimeSettings:
     """llama.cpp's own defaults: threads = physical cores (``cpu_get_num_math``), batch 2048,
-    micro-batch 512, no flash attention (llama-bench's default), f16 KV cache, context 4096."""
+    micro-batch 512, no flash attention (llama-bench's default), f16 KV cache, context 4096.
+    ``max_threads``: the cores the run's target may use (a fleet kind's node advertises fewer
+    CPUs than the machine it probes has): a default is not given more than the search was."""
     physical = int(brief.get("physical_cores") or brief.get("logical_cores") or 1)
+    if max_threads is not None:
+        physical = max(1, min(physical, max_threads))
     return RuntimeSettings(n_threads=physical, n_threads_batch=physical)
 
 
@@ -285,7 +289,10 @@ def _measure_baselines(rt: RunRuntime, adapter: str | None) -> list[tuple[Baseli
     a default that wins the race is then the answer, and its file must be that model's),
     through the memory gate like any trial."""
     brief = (rt.last_mark_payload("analysed") or {}).get("brief", {})
-    defaults = llama_defaults(brief)
+    threads = (
+        rt.deploy_space.knob("n_threads").choices if "n_threads" in rt.deploy_space.names else None
+    )
+    defaults = llama_defaults(brief, max(int(t) for t in threads) if threads else None)
     out = []
     for quant in BASELINE_TYPES:
         config = {"role": "baseline", "quant_type": quant, **defaults.model_dump()}
