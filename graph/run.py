@@ -314,7 +314,6 @@ def check_grid_matches(grid: Any, cfg: RunConfig) -> None:
     """A grid answers only for its own model and machine."""
     if cfg.budgets.finetune_trials:
         raise HaqaError("a tabular run has no fine-tuning stage: pass --finetune-trials 0")
-
     if cfg.model != grid.model or (cfg.speed_model or None) != grid.speed_model:
         raise HaqaError(
             f"grid {grid.grid_id} was recorded for {grid.model}"

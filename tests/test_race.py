@@ -68,21 +68,24 @@ def test_spread_of_rounds() -> None:
     assert spread([100.0]) == 0.0 and spread([None, 3.0]) == 0.0
 
 
+class FastDefaults(InstantToolbox):
+    """Every search trial decodes at 20 tok/s; llama.cpp's Q4_K_M defaults at 40 (others 5)."""
+
+    def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
+        self.deployed.append(config.quant_type)
+        return TrialMetrics(accuracy=0.5, prefill_tps=100.0, decode_tps=20.0)
+
+    def baseline(
+        self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
+    ) -> TrialMetrics:
+        fast = 40.0 if quant_type == "Q4_K_M" else 5.0
+        return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
+
+
 def test_a_run_hands_over_a_faster_default_that_meets_the_goal(tmp_path: Path) -> None:
     """The search measured Q4_0 (the only type its scripted brain tried) and Q4_K_M; at the end
     llama.cpp's Q4_K_M defaults decode far faster side by side and Q4_K_M kept the accuracy
     floor during the search: the answer is the default, and it says so."""
-
-    class FastDefaults(InstantToolbox):
-        def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-            self.deployed.append(config.quant_type)
-            return TrialMetrics(accuracy=0.5, prefill_tps=100.0, decode_tps=20.0)
-
-        def baseline(
-            self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
-        ) -> TrialMetrics:
-            fast = 40.0 if quant_type == "Q4_K_M" else 5.0
-            return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
 
     store = Store(tmp_path / "haqa.duckdb")
     brain = ScriptedBrain(["Q4_0", "Q4_K_M"])
@@ -137,29 +140,20 @@ def test_a_faster_default_whose_weights_missed_the_perplexity_floor_never_wins(
     weights missed the floor, so the search's Q4_0 stays the answer."""
     from haqa.goal import Goal
 
-    class FastDefaults(InstantToolbox):
+    class Q4KMOverTheFloor(FastDefaults):
         def deploy(self, config: DeployConfig, adapter: str | None) -> TrialMetrics:
-            self.deployed.append(config.quant_type)
             ppl = 10.2 if config.quant_type == "Q4_0" else 11.0
-            return TrialMetrics(
-                accuracy=0.5,
-                prefill_tps=100.0,
-                decode_tps=20.0,
-                perplexity=ppl,
-                reference_perplexity=10.0,
+            return (
+                super()
+                .deploy(config, adapter)
+                .model_copy(update={"perplexity": ppl, "reference_perplexity": 10.0})
             )
-
-        def baseline(
-            self, quant_type: str, runtime: RuntimeSettings, adapter: str | None = None
-        ) -> TrialMetrics:
-            fast = 40.0 if quant_type == "Q4_K_M" else 5.0
-            return TrialMetrics(prefill_tps=90.0, decode_tps=fast, peak_mem_bytes=1 << 20)
 
     store = Store(tmp_path / "haqa.duckdb")
     brain = ScriptedBrain(["Q4_0", "Q4_K_M"])
     goal = Goal.parse("decode", max_perplexity_increase_pct=5)
     budgets = Budgets(finetune_trials=0, deploy_trials=2)
-    rt = instant_runtime(store, brain, budgets, FastDefaults(), goal=goal)
+    rt = instant_runtime(store, brain, budgets, Q4KMOverTheFloor(), goal=goal)
     drive(rt)
     result = RunResult.model_validate(store.get_run(rt.run_id).result)
     assert result.found and result.config is not None

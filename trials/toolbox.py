@@ -103,6 +103,14 @@ class Toolbox(Protocol):
         ...
 
 
+def _store_json(path: Path, data: dict[str, Any]) -> None:
+    """An evaluation cache entry, written whole or not at all (a reader never sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 class LiveToolbox:
     """Runs the real tools in this process."""
 
@@ -308,10 +316,7 @@ class LiveToolbox:
         if "correct" in stored:  # an entry written before answers were kept is scored again
             return TrialMetrics(accuracy=stored["accuracy"], correct=stored["correct"])
         scored = self._evaluate(gguf, None, self.s.validation_files, kv)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"accuracy": scored.accuracy, "correct": scored.correct}))
-        tmp.replace(cache)
+        _store_json(cache, {"accuracy": scored.accuracy, "correct": scored.correct})
         return TrialMetrics(accuracy=scored.accuracy, correct=scored.correct)
 
     def _eval_cache_path(
@@ -390,12 +395,8 @@ class LiveToolbox:
                 f"answer's {w}: a perplexity floor needs {w}; give a longer text or fewer "
                 "--perplexity-windows"
             )
-        value = scored.perplexity
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"perplexity": value}))
-        tmp.replace(cache)
-        return value
+        _store_json(cache, {"perplexity": scored.perplexity})
+        return scored.perplexity
 
     def _validation_perplexity(
         self, adapter: str | None, weights: Weights, kv: KvCacheSettings
