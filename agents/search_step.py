@@ -169,7 +169,7 @@ def decide(
         if proposal is not None and not reason:
             if proposal.action == "finish":
                 return proposal, None
-            full = {**ctx.defaults, **proposal.config}
+            full = ctx.space.applicable({**ctx.defaults, **proposal.config})
             return Proposal(action="trial", config=full, thought=proposal.thought), parse(full)
         rt.invalid_proposals += 1
         invalid_in_row += 1

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from haqa.errors import HaqaError
+from haqa.recipes import Weights
 from haqa.store import RunRecord, Store, TrialRecord, search_trials
 from haqa.units import format_bytes
 
@@ -377,11 +379,10 @@ def answer_words(result: dict[str, Any]) -> str:
     if not result.get("found"):
         return "none met the goal"
     cfg = result.get("config") or {}
-    weights = "+".join(
-        [str(cfg.get("quant_type", "?"))]
-        + ([str(cfg["recipe"])] if cfg.get("recipe", "uniform") != "uniform" else [])
-        + (["imatrix"] if cfg.get("imatrix") else [])
-    )
+    try:
+        weights = Weights.of_config(cfg).label
+    except (HaqaError, ValueError):  # a row of a version that knew other recipes
+        weights = f"{cfg.get('quant_type', '?')}+{cfg.get('recipe', '?')}"
     return f"{weights} n_threads={cfg.get('n_threads', '?')}"
 
 

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from haqa.errors import HaqaError
 from haqa.recipes import RecipeName, Weights
 
 BnbQuant = Literal["nf4", "fp4", "int8"]
@@ -185,6 +186,27 @@ class DeployConfig(RuntimeSettings):
     imatrix: bool = Field(
         False, description="quantize with an importance matrix over calibration text"
     )
+    target_bpw: float | None = Field(
+        None,
+        description="bits per weight the probed recipe spends (only with recipe=probed)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_only_when_probed(cls, data: Any) -> Any:
+        """A target bits per weight means nothing to another recipe: it is dropped there (an
+        optimiser samples every knob), so such configs stay one configuration."""
+        if isinstance(data, dict) and data.get("recipe", "uniform") != "probed":
+            return {k: v for k, v in data.items() if k != "target_bpw"}
+        return data
+
+    @model_validator(mode="after")
+    def _probed_needs_target(self) -> DeployConfig:
+        try:
+            self.weights  # noqa: B018 - Weights checks the pair (probed, target) and its range
+        except HaqaError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @property
     def runtime(self) -> RuntimeSettings:
@@ -192,11 +214,16 @@ class DeployConfig(RuntimeSettings):
 
     @property
     def weights(self) -> Weights:
-        return Weights(quant_type=self.quant_type, recipe=self.recipe, imatrix=self.imatrix)
+        return Weights(
+            quant_type=self.quant_type,
+            recipe=self.recipe,
+            imatrix=self.imatrix,
+            target_bpw=self.target_bpw,
+        )
 
 
 #: The fields of a deploy configuration that decide the GGUF file (the rest only how it runs).
-WEIGHT_FIELDS: tuple[str, ...] = ("quant_type", "recipe", "imatrix")
+WEIGHT_FIELDS: tuple[str, ...] = ("quant_type", "recipe", "imatrix", "target_bpw")
 
 
 #: The figures every trial stores (the store's ``trials`` table has a column for each).

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from haqa.errors import HaqaError
-from haqa.recipes import RECIPE_DESCRIPTIONS, RECIPE_NAMES
+from haqa.recipes import PROBED, RECIPE_DESCRIPTIONS, RECIPE_NAMES, TARGET_BPW_RANGE
 
 KnobKind = Literal["int", "float", "categorical", "bool"]
 Scalar = int | float | str | bool
@@ -31,6 +31,9 @@ class Knob(BaseModel):
     choices: tuple[Scalar, ...] | None = None
     default: Scalar
     description: str = ""
+    #: ``(knob, value)``: this knob means something only while that knob has that value
+    #: (``target_bpw`` only with the ``probed`` recipe); elsewhere a config leaves it out.
+    only_with: tuple[str, Scalar] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Knob:
@@ -127,6 +130,24 @@ class SearchSpace(BaseModel):
         names = set(self.names)
         return {k: self.knob(k).nearest(v) if k in names else v for k, v in values.items()}
 
+    def applicable(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` without the knobs its other values make meaningless (``Knob.only_with``):
+        two proposals that differ only there are one configuration, measured once. A
+        conditional knob that applies but is unset gets its default, as any unset knob does."""
+        out = dict(config)
+        for knob in self.knobs:
+            if knob.only_with is not None:
+                other, value = knob.only_with
+                if out.get(other, self.knob(other).default) != value:
+                    out.pop(knob.name, None)
+                elif out.get(knob.name) is None:
+                    out[knob.name] = knob.default  # unset, it keeps its default as any knob
+        # A conditional knob this space lost (restricted away) is left out too.
+        for name, _ in _CONDITIONAL_KNOBS:
+            if name not in self.names:
+                out.pop(name, None)
+        return out
+
     def validate_config(self, proposal: Mapping[str, Any]) -> dict[str, Scalar]:
         """Checked values for the knobs named in ``proposal``; the first bad knob raises."""
         return {name: self.knob(name).check(value) for name, value in proposal.items()}
@@ -145,7 +166,17 @@ class SearchSpace(BaseModel):
                     update.update(kind="categorical", low=None, high=None, log=False)
                 knob = knob.model_copy(update=update)
             knobs.append(knob)
+        # A knob whose condition can no longer hold leaves the space (a grid that fixes the
+        # recipe at uniform has no target_bpw to ask for).
+        by_name = {k.name: k for k in knobs}
+        knobs = [k for k in knobs if k.only_with is None or _can_hold(by_name, k.only_with)]
         return self.model_copy(update={"knobs": tuple(knobs)})
+
+
+def _can_hold(knobs: Mapping[str, Knob], condition: tuple[str, Scalar]) -> bool:
+    other, value = condition
+    knob = knobs.get(other)
+    return knob is not None and (knob.kind != "categorical" or value in (knob.choices or ()))
 
 
 #: The knobs of ``finetune_space``, before a model's own recipe replaces their defaults.
@@ -262,12 +293,29 @@ _WEIGHT_KNOBS = (
         + "; ".join(f"{k}: {v}" for k, v in RECIPE_DESCRIPTIONS.items()),
     ),
     Knob(
+        name="target_bpw",
+        kind="categorical",
+        # Quarter bits: a finer target moves no whole tensor group on a small model, and each
+        # distinct value would be a trial of the same file.
+        choices=tuple(
+            TARGET_BPW_RANGE[0] + 0.25 * i
+            for i in range(round((TARGET_BPW_RANGE[1] - TARGET_BPW_RANGE[0]) / 0.25) + 1)
+        ),
+        default=4.5,
+        description="bits per weight of the whole file for the probed recipe, spent on the "
+        "tensor groups the analyst's sensitivity probe ranks first (only with recipe=probed)",
+        only_with=("recipe", PROBED),
+    ),
+    Knob(
         name="imatrix",
         kind="bool",
         default=False,
         description="quantize with an importance matrix (same size and speed, less error)",
     ),
 )
+
+#: Every knob that exists only with another knob's value: (knob, why).
+_CONDITIONAL_KNOBS: tuple[tuple[str, str], ...] = (("target_bpw", "only with recipe=probed"),)
 
 #: The deployment knobs after the thread counts: batching, attention and the KV cache.
 _BATCH_AND_CACHE_KNOBS = (

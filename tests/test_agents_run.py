@@ -95,6 +95,12 @@ def test_expert_run_goes_through_every_agent_and_stores_everything(
     )
     assert result.llama_server_cmd and "-m" in result.llama_server_cmd
     assert "policy" in " ".join(m.content for m in store.list_messages(run_id))
+    # The analyst measured which tensors are sensitive (in a trial process, as every measurement)
+    # and the brief names them for the tuner.
+    brief = (run.hardware or {})["brief"]
+    groups = {g["group"] for g in brief["tensor_sensitivity"]["groups"]}
+    assert {"attn_v", "ffn_down", "output"} <= groups
+    assert "tensor sensitivity" in brief["text"]
 
 
 def test_report_numbers_equal_the_stored_trials(

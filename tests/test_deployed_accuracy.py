@@ -95,12 +95,9 @@ def test_a_deployment_is_scored_with_its_kv_cache_once(
     assert scored == []
 
 
-def test_a_deploy_trial_with_a_recipe_and_an_imatrix(tiny_model: Path) -> None:
-    """``recipe`` and ``imatrix`` make another file from the model's F16 GGUF: attn_v and
-    ffn_down one step up (Q4_0 -> Q5_0) with an importance matrix over the training split; the
-    trial records the llama.cpp command lines that make the same file by hand."""
-    from haqa.tools.gguf_header import read_gguf_header
-
+def _tiny_weights_box(tiny_model: Path) -> LiveToolbox:
+    """A toolbox on the tiny model sized for trials about the weights (few questions, short
+    benchmarks, a two-chunk importance matrix)."""
     splits = {s: zoo.task_files("tiny", s) for s in ("train", "validation", "test")}
     settings = ToolboxSettings(
         model=tiny_model,
@@ -113,7 +110,16 @@ def test_a_deploy_trial_with_a_recipe_and_an_imatrix(tiny_model: Path) -> None:
         repetitions=1,
         imatrix_chunks=2,
     )
-    box = LiveToolbox(settings)
+    return LiveToolbox(settings)
+
+
+def test_a_deploy_trial_with_a_recipe_and_an_imatrix(tiny_model: Path) -> None:
+    """``recipe`` and ``imatrix`` make another file from the model's F16 GGUF: attn_v and
+    ffn_down one step up (Q4_0 -> Q5_0) with an importance matrix over the training split; the
+    trial records the llama.cpp command lines that make the same file by hand."""
+    from haqa.tools.gguf_header import read_gguf_header
+
+    box = _tiny_weights_box(tiny_model)
     plain = box.deploy(DeployConfig(quant_type="Q4_0", n_ctx=512), None)
     mixed_cfg = DeployConfig(quant_type="Q4_0", recipe="sensitive_up", imatrix=True, n_ctx=512)
     mixed = box.deploy(mixed_cfg, None)
@@ -128,3 +134,31 @@ def test_a_deploy_trial_with_a_recipe_and_an_imatrix(tiny_model: Path) -> None:
     assert "--tensor-type 'attn_v\\.weight=q5_0'" in made[1] and made[1].endswith(" Q4_0")
     assert len(plain.quantize_commands or []) == 1
     assert "--imatrix" not in (plain.quantize_commands or [""])[0]
+
+
+def test_a_deploy_trial_with_the_probed_recipe(tiny_model: Path) -> None:
+    """``recipe=probed`` with ``target_bpw``: the toolbox probes the model's tensor sensitivity
+    once, allocates the target by it, and the file it measures has the bits the memory estimate
+    predicted (the header's), near the target, with every group's type on the llama-quantize
+    line that makes it by hand."""
+    from haqa.tools.gguf_header import read_gguf_header
+
+    box = _tiny_weights_box(tiny_model)
+    probe = box.tensor_sensitivity()
+    assert probe is not None and "tensor sensitivity" in probe["summary"]
+    plain = box.deploy(DeployConfig(quant_type="Q4_0", n_ctx=512), None)
+    cfg = DeployConfig(quant_type="Q4_0", recipe="probed", target_bpw=6.0, n_ctx=512)
+    probed = box.deploy(cfg, None)
+    assert probed.gguf is not None and probed.gguf != plain.gguf
+    bits = probed.bits_per_weight or 0
+    assert (plain.bits_per_weight or 0) < bits <= 6.0
+    estimate = box.estimate_deploy(cfg)
+    on_disk = sum(t.n_bytes for t in read_gguf_header(Path(probed.gguf)).tensors)
+    assert estimate["weights_bytes"] == on_disk
+    # The layer group the probe ranks most sensitive per weight got more than the base type.
+    layers = [g for g in probe["groups"] if g["group"] != "output"]
+    top = max(layers, key=lambda g: g["kld"] / g["n_weights"])["group"]
+    types = {t.name: t.ggml_type for t in read_gguf_header(Path(probed.gguf)).tensors}
+    assert types[f"blk.0.{top}.weight"] != "Q4_0", (top, types)
+    line = (probed.quantize_commands or [""])[-1]
+    assert line.startswith("llama-quantize --tensor-type ") and line.endswith(" Q4_0")

@@ -42,7 +42,7 @@ def test_brain_proposes_valid_new_configs(name: str, stage: str) -> None:
             break
         model = DeployConfig if stage == "deploy" else FinetuneConfig
         model.model_validate(p.config)
-        key = json.dumps({k: p.config[k] for k in space.names}, sort_keys=True)
+        key = json.dumps({k: p.config.get(k) for k in space.names}, sort_keys=True)
         assert key not in seen
         seen.add(key)
         value = synthetic(p.config) if stage == "deploy" else float(p.config["learning_rate"])

@@ -47,3 +47,44 @@ def test_the_deploy_space_searches_recipes_and_the_imatrix() -> None:
     assert space.defaults()["recipe"] == "uniform" and space.defaults()["imatrix"] is False
     with pytest.raises(HaqaError):
         space.validate_config({"recipe": "bold"})
+
+
+def test_the_probed_recipe_carries_its_target_and_only_it_does() -> None:
+    label = "Q4_K_M+probed@4.75+imatrix"
+    w = Weights.parse(label)
+    assert (w.recipe, w.target_bpw, w.imatrix, w.label) == ("probed", 4.75, True, label)
+    for bad in ("Q4_K_M+probed", "Q4_K_M+probed@x", "Q4_K_M+probed@12"):
+        with pytest.raises(HaqaError):
+            Weights.parse(bad)
+    with pytest.raises(HaqaError, match="needs target_bpw"):
+        Weights(quant_type="Q4_K_M", recipe="probed")
+    with pytest.raises(HaqaError, match=r"made from the model.s sensitivity probe"):
+        recipe_rules("probed", "Q4_K_M", 30)
+    with pytest.raises(HaqaError, match="only with the probed recipe"):
+        Weights(quant_type="Q4_K_M", recipe="sensitive_up", target_bpw=5.0)
+    with pytest.raises(HaqaError, match="needs a quantized file type"):
+        Weights(quant_type="F16", recipe="probed", target_bpw=5.0)
+    # A config: the target of another recipe is dropped (an optimiser samples every knob), and a
+    # probed config without one is invalid with a message that says what to add.
+    assert DeployConfig(recipe="uniform", target_bpw=5.0).target_bpw is None
+    probed = DeployConfig(recipe="probed", target_bpw=5.0, imatrix=True)
+    assert probed.weights.label == "Q4_K_M+probed@5+imatrix"
+    assert "target_bpw" not in probed.runtime.model_dump()
+    with pytest.raises(ValueError, match="needs target_bpw"):
+        DeployConfig(recipe="probed")
+    assert Weights.of_config(probed.model_dump()) == probed.weights
+
+
+def test_target_bpw_is_a_knob_only_with_the_probed_recipe() -> None:
+    space = deploy_space(2)
+    knob = space.knob("target_bpw")
+    assert knob.kind == "categorical" and knob.choices == tuple(2.5 + 0.25 * i for i in range(25))
+    assert space.applicable({"recipe": "probed"}) == {"recipe": "probed", "target_bpw": 4.5}
+    assert space.applicable({"recipe": "uniform", "target_bpw": 5.0}) == {"recipe": "uniform"}
+    assert space.applicable({"target_bpw": 5.0}) == {}  # the default recipe is uniform
+    kept = {"recipe": "probed", "target_bpw": 5.0}
+    assert space.applicable(kept) == kept
+    # A space that cannot choose the probed recipe (a recorded grid's) has no target to ask.
+    narrowed = space.restrict(recipe=["uniform"])
+    assert "target_bpw" not in narrowed.names
+    assert narrowed.applicable({"recipe": "uniform", "target_bpw": None}) == {"recipe": "uniform"}

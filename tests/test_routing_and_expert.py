@@ -100,6 +100,7 @@ def _ctx(history: list[TrialView], stage: str = "deploy", **kw: Any) -> Decision
         {"physical_cores": 2, "logical_cores": 2, "bandwidth": {"read_bytes_per_s": 10e9}},
         _micro({"F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_K_M": 4.9}),
         [str(q) for q in deploy_space(2).knob("quant_type").choices or ()],
+        kw.get("sensitivity"),
     )
     defaults = (
         {"quant_type": "Q4_K_M", **hardware_defaults(brief, 2)}
@@ -416,3 +417,70 @@ def test_when_nothing_fits_the_smallest_type_goes_to_the_gate_once() -> None:
     assert BITS_PER_WEIGHT[first.config["quant_type"]] == smallest
     after = _ctx([view(1, None, "rejected", **first.config)], goal=goal, tools=_SizeByBits())
     assert ExpertBrain().propose(after).action == "finish"
+
+
+#: A sensitivity probe's result as the analyst's brief holds it (SmolLM2's figures).
+PROBE = {
+    "probe_type": "Q4_0",
+    "groups": [
+        {"group": "ffn_down", "kld": 0.11, "n_weights": 26_542_080, "share": 0.2},
+        {"group": "attn_v", "kld": 0.085, "n_weights": 3_317_760, "share": 0.025},
+    ],
+    "summary": "tensor sensitivity (...): attn_v 0.0854, ffn_down 0.1097",
+}
+
+
+def test_with_a_probe_the_rescue_spends_bits_where_it_was_measured() -> None:
+    """The analyst measured which tensors are sensitive: the second rescue of a type that missed
+    the floor is the probed recipe at half a bit more than the type's own, not the fixed
+    attn_v/ffn_down rule; and the brief names the groups."""
+    from haqa.agents.brains.expert import _DeployView, _rescue_with_imatrix
+
+    base = {"n_threads": 2, "n_threads_batch": 2, "flash_attn": False}
+    history = [
+        view(1, 20.0, quant_type="Q4_K_M", **base),
+        view(2, None, quant_type="Q4_0", **base),
+    ]
+    proposals = []
+    for i in range(3, 6):
+        ctx = _ctx(history, sensitivity=PROBE)
+        p = _rescue_with_imatrix(ctx, _DeployView.of(ctx))
+        if p is None:
+            break
+        proposals.append(DeployConfig.model_validate(p.config).weights.label)
+        history.append(view(i, None, **p.config))
+    assert proposals == ["Q4_0+imatrix", "Q4_0+probed@5+imatrix"]
+    assert "attn_v 0.0854" in _ctx([], sensitivity=PROBE).brief["text"]
+
+
+class _SizeByTarget(_SizeByBits):
+    """The estimate of a probed recipe: its target bits per weight."""
+
+    def estimate_memory(self, config: dict[str, Any]) -> dict[str, Any]:
+        if config.get("recipe") != "probed":
+            return super().estimate_memory(config)
+        estimate = super().estimate_memory({**config, "recipe": "uniform"})
+        own = BITS_PER_WEIGHT[config["quant_type"]] * 1e8
+        return {"total_bytes": int(estimate["total_bytes"] - own + config["target_bpw"] * 1e8)}
+
+
+def test_with_a_probe_the_shrink_is_the_most_bits_the_budget_allows() -> None:
+    """Over the budget at every runtime, Q4_K_M is made to fit by the probed recipe at the
+    highest target bits per weight (quarter-bit steps) the memory estimate admits, with an
+    importance matrix: the target knob is where the budget is spent, not a fixed rule."""
+    budget = int((BITS_PER_WEIGHT["Q4_0"] + BITS_PER_WEIGHT["Q4_K_M"]) / 2 * 1e8)
+    goal = Goal(max_accuracy_drop=0.02, memory_budget_bytes=budget)
+    tools = _SizeByTarget()
+    history: list[TrialView] = []
+    for i in range(1, 12):
+        ctx = _ctx(history, goal=goal, tools=tools, sensitivity=PROBE)
+        p = ExpertBrain().propose(ctx)
+        assert p.action == "trial", p.thought
+        config = DeployConfig.model_validate(p.config)
+        assert tools.estimate_memory(p.config)["total_bytes"] <= budget, p.thought
+        if config.recipe != "uniform":
+            break
+        history.append(view(i, None, **p.config))
+    assert config.weights.label == "Q4_K_M+probed@4.5+imatrix", p.thought
+    assert "4.5 bits per weight" in p.thought
+    assert tools.estimate_memory({**p.config, "target_bpw": 4.75})["total_bytes"] > budget

@@ -21,7 +21,9 @@ import math
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -153,6 +155,11 @@ class MemoryEstimate(BaseModel):
 class DeployMemoryArgs(BaseModel):
     model: Path = Field(description="a GGUF file (any type) or a Hugging Face model folder")
     config: DeployConfig
+    tensor_recipe: dict[str, Any] | None = Field(
+        None,
+        description="the per-tensor types the file will have (TensorRecipe fields), replacing "
+        "the config's named recipe: the probed recipe is known only this way",
+    )
 
 
 class FinetuneMemoryArgs(BaseModel):
@@ -318,8 +325,23 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
     )
 
 
+#: A recipe as ``predict_tensor_type`` takes it: a name of ``haqa.recipes`` or its concrete rules
+#: (``TensorRecipe`` fields: ``tensor_types``, ``output_type``), as the probed recipe is given.
+RecipeSpec = str | Mapping[str, Any]
+
+
+def _rules(recipe: RecipeSpec, quant_type: str, shape: ModelShape) -> Mapping[str, Any]:
+    if not isinstance(recipe, str):
+        return recipe
+    return recipe_rules(recipe, quant_type, shape.n_layer) if recipe != "uniform" else {}
+
+
+def _is_plain(recipe: RecipeSpec) -> bool:
+    return recipe == "uniform" or (not isinstance(recipe, str) and not any(recipe.values()))
+
+
 def predict_tensor_type(
-    spec: TensorSpec, quant_type: str, shape: ModelShape, recipe: str = "uniform"
+    spec: TensorSpec, quant_type: str, shape: ModelShape, recipe: RecipeSpec = "uniform"
 ) -> str:
     """The ggml type llama.cpp's quantizer gives this tensor for ``quant_type`` (an approximation
     of ``llama_tensor_get_type`` in llama-quant.cpp, for LLaMA-style dense models): 1-D tensors
@@ -337,7 +359,7 @@ def predict_tensor_type(
         return base  # llama.cpp applies no per-tensor types to an unquantized file type
     name = spec.name
     is_output = name == "output.weight" or (shape.tied_embeddings and name == "token_embd.weight")
-    rules = recipe_rules(recipe, quant_type, shape.n_layer) if recipe != "uniform" else {}
+    rules = _rules(recipe, quant_type, shape)
     manual = next(
         (t for pattern, t in rules.get("tensor_types", {}).items() if re.search(pattern, name)),
         None,
@@ -397,10 +419,12 @@ def tensor_bytes(ne0: int, rows: int, ggml_type: str) -> int:
     return rows * (ne0 // block) * size if ne0 % block == 0 else rows * ne0 * 2
 
 
-def weights_bytes(shape: ModelShape, quant_type: str, recipe: str = "uniform") -> tuple[int, str]:
+def weights_bytes(
+    shape: ModelShape, quant_type: str, recipe: RecipeSpec = "uniform"
+) -> tuple[int, str]:
     """Bytes of the weights as llama.cpp holds them: read from the file when it already has
     ``quant_type`` (as llama.cpp mixes it), else predicted tensor by tensor, ``recipe`` included."""
-    plain = recipe == "uniform"
+    plain = _is_plain(recipe)
     if (
         plain
         and shape.file_type == quant_type
@@ -414,7 +438,7 @@ def weights_bytes(shape: ModelShape, quant_type: str, recipe: str = "uniform") -
         counts[ggml_type] = counts.get(ggml_type, 0) + 1
         total += tensor_bytes(t.ne0, t.rows, ggml_type)
     mix = ", ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
-    what = quant_type if plain else f"{quant_type}+{recipe}"
+    what = quant_type if plain else f"{quant_type}+{recipe if isinstance(recipe, str) else 'rules'}"
     return total, f"predicted for {what} from the tensor shapes ({mix} tensors)"
 
 
@@ -429,7 +453,9 @@ class PredictedBits(BaseModel):
     )
 
 
-def predict_bits(shape: ModelShape, quant_type: str, recipe: str = "uniform") -> PredictedBits:
+def predict_bits(
+    shape: ModelShape, quant_type: str, recipe: RecipeSpec = "uniform"
+) -> PredictedBits:
     """What ``quant_type`` becomes on this model. A hidden size that is not a multiple of 256
     (SmolLM2's 576) sends a K-quant's matrices to a 32-block type, so its file is far bigger
     than the type's name says: the brief ranks types by these bits, not the nominal ones."""
@@ -499,7 +525,13 @@ def estimate_deploy_memory(args: DeployMemoryArgs) -> MemoryEstimate:
     only. With mmap the weights count as resident once read (they are all read every token)."""
     shape = read_shape(args.model)
     config = args.config
-    w_bytes, w_note = weights_bytes(shape, config.quant_type, config.recipe)
+    if args.tensor_recipe is None and config.recipe == "probed":
+        raise HaqaError(
+            "the probed recipe's memory needs its tensor types: pass tensor_recipe "
+            "(haqa.tools.tensor_sensitivity.allocate_bits)"
+        )
+    recipe: RecipeSpec = config.recipe if args.tensor_recipe is None else args.tensor_recipe
+    w_bytes, w_note = weights_bytes(shape, config.quant_type, recipe)
     kv = kv_cache_size(shape, config)
     compute, c_note = compute_size(shape, config)
     vocab = shape.n_merges * _BYTES_PER_MERGE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +223,33 @@ def gguf_token_distributions(
         model.close()
 
 
+def gguf_window_distributions(
+    gguf_path: Path,
+    text: str,
+    *,
+    n_ctx: int = 256,
+    max_windows: int = 2,
+    n_threads: int | None = None,
+) -> list[NDArray[np.float32]]:
+    """The model's log-probabilities over the vocabulary at every position of the first
+    ``max_windows`` windows of ``n_ctx`` tokens of ``text`` (each decoded from an empty cache,
+    as ``gguf_perplexity`` cuts them): ``[n_ctx - 1, n_vocab]`` float32 rows per window. A text
+    shorter than one window is one window of all its tokens. Quant types of one model tokenize
+    alike, so two files' windows compare row by row (``divergence``)."""
+    import numpy as np
+
+    model = _Model(Path(gguf_path), n_ctx, n_threads or os.cpu_count() or 1)
+    try:
+        tokens = model.tokenize(text)
+        windows = [tokens[i : i + n_ctx] for i in range(0, len(tokens) - n_ctx + 1, n_ctx)]
+        windows = windows[:max_windows] or [tokens]
+        if len(windows[0]) < 2:
+            raise HaqaError("the text has fewer than 2 tokens: nothing to predict")
+        return [model.distributions(w).astype(np.float32) for w in windows]
+    finally:
+        model.close()
+
+
 class Perplexity(BaseModel):
     perplexity: float = Field(description="exp of the mean negative log-likelihood per token")
     n_tokens: int = Field(description="tokens scored")
@@ -268,7 +296,7 @@ def gguf_perplexity(
 
 
 def divergence(
-    reference: list[NDArray[np.float64]], other: list[NDArray[np.float64]]
+    reference: Sequence[NDArray[np.floating[Any]]], other: Sequence[NDArray[np.floating[Any]]]
 ) -> tuple[float, float]:
     """``(mean KL(reference || other) per position, share of positions with the same top
     token)`` over two models' ``gguf_token_distributions`` of the same texts: what llama.cpp's
@@ -278,9 +306,19 @@ def divergence(
     if [r.shape for r in reference] != [o.shape for o in other]:
         raise HaqaError("the two models' distributions differ in shape: score the same texts")
     pairs = list(zip(reference, other, strict=True))
-    kl = np.concatenate([(np.exp(p) * (p - q)).sum(axis=1) for p, q in pairs])
+    kl = np.concatenate([_kl_rows(p, q) for p, q in pairs])
     same = np.concatenate([p.argmax(axis=1) == q.argmax(axis=1) for p, q in pairs])
     return float(kl.mean()), float(same.mean())
+
+
+def _kl_rows(p: NDArray[np.floating[Any]], q: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """KL(p || q) of each row of two log-probability arrays, summed in float64 (float32 rows
+    of two close models would lose the difference in the rounding)."""
+    import numpy as np
+
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    out: NDArray[np.float64] = (np.exp(p64) * (p64 - q64)).sum(axis=1)
+    return out
 
 
 def gguf_loglik(args: Args) -> Result:

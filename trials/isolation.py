@@ -235,5 +235,11 @@ class IsolatedToolbox:
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
         return self.estimator.estimate_deploy(config)
 
+    # The probe runs llama.cpp: in a worker like any measurement. Its result is cached on disk
+    # by content, where the estimates (in-process) and the trial workers read it.
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        value = self._call("tensor_sensitivity")
+        return None if value is None else dict(value)
+
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         return self.estimator.estimate_finetune(config)

@@ -338,6 +338,11 @@ class RayToolbox:
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
         return self.estimator.estimate_deploy(config)
 
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        """Probed on the driver, where the memory estimates are made; a worker on another
+        machine probes the same file and text again for the probed recipes it quantizes."""
+        return self.estimator.tensor_sensitivity()
+
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         return self.estimator.estimate_finetune(config)
 
@@ -434,6 +439,9 @@ class RecordedRayToolbox:
 
     def estimate_deploy(self, config: DeployConfig) -> dict[str, Any]:
         return self.tabular.estimate_deploy(config)
+
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        return None
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:
         return self.tabular.estimate_finetune(config)

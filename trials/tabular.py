@@ -104,6 +104,9 @@ class TabularToolbox:
     def microbench(self) -> dict[str, Any]:
         return dict((self.grid.hardware or {}).get("microbench", {}))
 
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        return None  # a grid records no probe, and its space has no probed recipe
+
     def evaluate_base(self) -> TrialMetrics:
         raise HaqaError("a tabular run has no fine-tuning stage: use --finetune-trials 0")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from haqa.errors import HaqaError
-from haqa.recipes import Weights
+from haqa.recipes import PROBED, Weights
 from haqa.schemas import (
     DeployConfig,
     FinetuneConfig,
@@ -32,8 +32,9 @@ from haqa.schemas import (
 )
 
 if TYPE_CHECKING:
-    from haqa.tools.export_gguf import QuantizeArgs
+    from haqa.tools.export_gguf import QuantizeArgs, TensorRecipe
     from haqa.tools.imatrix import ImatrixArgs
+    from haqa.tools.tensor_sensitivity import SensitivityResult
 
 
 class ToolboxSettings(BaseModel):
@@ -75,6 +76,12 @@ class Toolbox(Protocol):
     def probe(self) -> dict[str, Any]: ...
 
     def microbench(self) -> dict[str, Any]: ...
+
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        """Each tensor group's KLD with that group alone quantized low, on the run's model
+        (``haqa.tools.tensor_sensitivity``); None where nothing can be probed (a recorded
+        grid)."""
+        ...
 
     def evaluate_base(self) -> TrialMetrics: ...
 
@@ -123,6 +130,7 @@ class LiveToolbox:
         ] = {}
         self._bandwidth: float | None = None
         self._longest: int | None = None
+        self._sensitivity: SensitivityResult | None = None
 
     # -- hardware --------------------------------------------------------------------------
 
@@ -240,22 +248,54 @@ class LiveToolbox:
 
     def _quantize_args(self, adapter: str | None, spec: Weights) -> QuantizeArgs:
         """How these weights are made from the model's full-precision GGUF."""
-        from haqa.tools.export_gguf import QuantizeArgs, weights_recipe
+        from haqa.tools.export_gguf import QuantizeArgs
 
         base = self._gguf(adapter, "F16")
         return QuantizeArgs(
             gguf=base,
             quant_type=spec.quant_type,  # type: ignore[arg-type]
-            recipe=weights_recipe(base, spec.recipe, spec.quant_type),
+            recipe=self._tensor_recipe(base, spec),
             imatrix=self._imatrix(base)[1] if spec.imatrix else None,
         )
+
+    def _tensor_recipe(self, model: Path, spec: Weights) -> TensorRecipe:
+        """The per-tensor types of these weights on ``model`` (its layer count and shapes): a
+        named rule, or for the probed recipe the allocation of ``target_bpw`` by the
+        sensitivity the analyst's probe measured on the run's model."""
+        from haqa.tools.tensor_sensitivity import weights_tensor_recipe
+
+        return weights_tensor_recipe(model, spec, self.sensitivity)
+
+    def sensitivity(self) -> SensitivityResult:
+        """Each tensor group's sensitivity on the run's model before fine-tuning (its
+        full-precision GGUF), over the calibration text the importance matrix also reads:
+        measured once (cached on disk by content), read by the analyst's brief and by every
+        probed recipe. An adapter moves the weights little; probing each adapter's file would
+        rank the same groups at 25 s a time."""
+        if self._sensitivity is None:
+            from haqa.tools.tensor_sensitivity import SensitivityArgs, tensor_sensitivity
+
+            self._sensitivity = tensor_sensitivity(
+                SensitivityArgs(gguf=self._gguf(None, "F16"), text=self._calibration_text())
+            )
+        return self._sensitivity
+
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        """The probe's result for the brief: every group's KLD and a one-line summary."""
+        probe = self.sensitivity()
+        return {**probe.model_dump(mode="json"), "summary": probe.summary()}
+
+    def _calibration_text(self) -> Path:
+        from haqa.tools.imatrix import calibration_from_tasks
+
+        return self.s.calibration_text or calibration_from_tasks(self.s.train_files)
 
     def _imatrix(self, f16: Path) -> tuple[ImatrixArgs, Path]:
         """The importance matrix of this full-precision GGUF over the run's calibration text
         (cached by content: computed once per model and text): its arguments and its file."""
-        from haqa.tools.imatrix import ImatrixArgs, calibration_from_tasks, compute_imatrix
+        from haqa.tools.imatrix import ImatrixArgs, compute_imatrix
 
-        text = self.s.calibration_text or calibration_from_tasks(self.s.train_files)
+        text = self._calibration_text()
         args = ImatrixArgs(gguf=f16, calibration=text, max_chunks=self.s.imatrix_chunks)
         return args, compute_imatrix(args).imatrix_path
 
@@ -278,7 +318,7 @@ class LiveToolbox:
         file's layout, so the speed model is quantized without one)."""
         if self.s.speed_model is None:
             return self._gguf(adapter, weights)
-        from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf, weights_recipe
+        from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
 
         spec = Weights(quant_type=weights) if isinstance(weights, str) else weights
         plain_f16 = spec.quant_type == "F16" and spec.recipe == "uniform"
@@ -288,7 +328,7 @@ class LiveToolbox:
             QuantizeArgs(
                 gguf=self.s.speed_model,
                 quant_type=spec.quant_type,  # type: ignore[arg-type]
-                recipe=weights_recipe(self.s.speed_model, spec.recipe, spec.quant_type),
+                recipe=self._tensor_recipe(self.s.speed_model, spec),
             )
         ).gguf_path
 
@@ -470,7 +510,12 @@ class LiveToolbox:
 
         # The model that is benchmarked decides memory; an HF folder is read from its config.
         source = self.s.speed_model or self.s.model
-        estimate = estimate_deploy_memory(DeployMemoryArgs(model=source, config=config))
+        rules = None
+        if config.recipe == PROBED:
+            rules = self._tensor_recipe(source, config.weights).model_dump(mode="json")
+        estimate = estimate_deploy_memory(
+            DeployMemoryArgs(model=source, config=config, tensor_recipe=rules)
+        )
         return dict(estimate.model_dump(mode="json"))
 
     def estimate_finetune(self, config: FinetuneConfig) -> dict[str, Any]:

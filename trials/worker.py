@@ -35,6 +35,7 @@ def _method(toolbox: Toolbox, name: str) -> Callable[..., Any]:
     methods: dict[str, Callable[..., Any]] = {
         "probe": toolbox.probe,
         "microbench": toolbox.microbench,
+        "tensor_sensitivity": toolbox.tensor_sensitivity,
         "evaluate_base": toolbox.evaluate_base,
         "finetune": toolbox.finetune,
         "reference": toolbox.reference,

@@ -104,9 +104,14 @@ def fallback_notes(micro: dict[str, Any], quant_types: list[str]) -> list[str]:
 
 
 def make_brief(
-    profile: dict[str, Any], micro: dict[str, Any], quant_types: list[str]
+    profile: dict[str, Any],
+    micro: dict[str, Any],
+    quant_types: list[str],
+    sensitivity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The brief as data (for brains) plus a text rendering (for prompts and the report)."""
+    """The brief as data (for brains) plus a text rendering (for prompts and the report).
+    ``sensitivity`` is the tensor-sensitivity probe's result: the brief names the groups it
+    measured most sensitive per weight (where a probed recipe spends bits first)."""
     bandwidth = (profile.get("bandwidth") or {}).get("read_bytes_per_s")
     decode_rank, prefill_rank, cost = rank_quant_types(quant_types, micro, bandwidth)
     flags = [k for k, v in (profile.get("flags") or {}).items() if v]
@@ -123,6 +128,8 @@ def make_brief(
     for gpu in profile.get("gpus") or []:
         facts.append(f"GPU: {gpu.get('name')} (compute capability {gpu.get('compute_capability')})")
     implications = list(micro.get("implications") or []) + fallback_notes(micro, quant_types)
+    if sensitivity:
+        implications.append(str(sensitivity.get("summary") or sensitivity.get("error")))
     fastest = decode_rank[0] if decode_rank else None
     if fastest:
         implications.append(
@@ -142,5 +149,6 @@ def make_brief(
         "bandwidth_bytes_per_s": bandwidth,
         "llc_bytes": (profile.get("caches") or {}).get("l3_bytes"),
         "fingerprint": profile.get("fingerprint"),
+        "tensor_sensitivity": sensitivity,
         "text": text,
     }

@@ -95,10 +95,11 @@ def space_configs(ctx: DecisionContext) -> list[dict[str, Any]] | None:
     if math.prod(len(o) for o in options) > ENUMERATE_LIMIT:
         return None
     fixed = fixed_values(ctx.space)
-    out = []
+    out: list[dict[str, Any]] = []
     for values in itertools.product(*options):
-        config = dict(zip([k.name for k in free], values, strict=True))
-        if is_valid(ctx, {**ctx.defaults, **fixed, **config}):
+        # A knob its other values make meaningless is left out, so those points are one.
+        config = ctx.space.applicable(dict(zip([k.name for k in free], values, strict=True)))
+        if config not in out and is_valid(ctx, {**ctx.defaults, **fixed, **config}):
             out.append(config)
     return out
 

@@ -25,11 +25,13 @@ around the best configuration: threads, flash attention, micro-batch, KV-cache t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal, TrialView
 from haqa.quant import BITS_PER_WEIGHT
+from haqa.recipes import PROBED, TARGET_BPW_RANGE
 from haqa.schemas import FLOAT_KV_CACHE_TYPES
 
 #: How many quantization types to measure before refining the runtime settings.
@@ -189,7 +191,7 @@ class _DeployView:
         bits = {str(q): float(b) for q, b in (ctx.brief.get("bits_per_weight") or {}).items()}
         # Misses the weights are to blame for: with a K/V cache below 8 bits it may be the cache.
         failed_accuracy = [
-            bits.get(str(t.config.get("quant_type")), _bits(t.config.get("quant_type")))
+            _trial_bits(t.config, bits)
             for t in ctx.history
             if t.status == "ok"
             and not t.feasible
@@ -292,6 +294,15 @@ def _floor(ctx: DecisionContext) -> str:
 
 def _bits(quant_type: object) -> float:
     return BITS_PER_WEIGHT.get(str(quant_type), 16.0)
+
+
+def _trial_bits(config: dict[str, Any], bits: dict[str, float]) -> float:
+    """The bits per weight of a trial's file: a probed recipe's target (its file has those, not
+    its type's), else the type's effective bits on this model."""
+    if config.get("recipe") == PROBED and config.get("target_bpw") is not None:
+        return float(config["target_bpw"])
+    quant = config.get("quant_type")
+    return bits.get(str(quant), _bits(quant))
 
 
 def _measure_ranked_types(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
@@ -403,7 +414,18 @@ def _shrink_to_fit(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
         if peak is not None:  # over the budget at every runtime setting
             over.append((peak, quant))
     for peak, quant in sorted(over):
-        candidate = fitting(ctx, {**ctx.defaults, "quant_type": quant, **SHRINK}, view.tried)
+        probed = _probed_to_fit(ctx, view, quant)
+        candidate: dict[str, Any] | None
+        if probed is not None:
+            candidate, target = probed
+            how = (
+                f"at {target:g} bits per weight, the most the budget allows, spent on the "
+                "tensor groups the sensitivity probe ranks first, with an importance matrix"
+            )
+        else:
+            base = {**ctx.defaults, "quant_type": quant, **SHRINK}
+            candidate = fitting(ctx, base, view.tried)
+            how = "with ffn_up/ffn_gate one step down and an importance matrix"
         if candidate is None:
             continue
         return Proposal(
@@ -411,10 +433,44 @@ def _shrink_to_fit(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
             config=candidate,
             thought=(
                 f"policy: {quant} is predicted over the memory budget at any runtime setting "
-                f"({peak / 2**20:.0f} MiB at the leanest); with ffn_up/ffn_gate one step down "
-                "and an importance matrix it fits"
+                f"({peak / 2**20:.0f} MiB at the leanest); {how} it fits"
             ),
         )
+    return None
+
+
+#: The step of the target bits per weight the expert tries (finer steps move a group or two).
+BPW_STEP = 0.25
+
+
+def _has_probe(ctx: DecisionContext) -> bool:
+    """The analyst measured the tensor sensitivity and the space has the probed recipe."""
+    probe = ctx.brief.get("tensor_sensitivity") or {}
+    recipes = ctx.space.knob("recipe").choices if "recipe" in ctx.space.names else ()
+    return (
+        bool(probe.get("groups")) and PROBED in (recipes or ()) and "target_bpw" in ctx.space.names
+    )
+
+
+def _probed_to_fit(
+    ctx: DecisionContext, view: _DeployView, quant: str
+) -> tuple[dict[str, Any], float] | None:
+    """The probed recipe of ``quant`` at the highest target bits per weight (steps of
+    ``BPW_STEP`` below the type's own bits) that the memory estimate admits at some lean
+    runtime, with an importance matrix; None without a probe or when no target fits."""
+    if not _has_probe(ctx):
+        return None
+    low, _ = TARGET_BPW_RANGE
+    target = math.floor(view.bits_of(quant) / BPW_STEP) * BPW_STEP
+    config = {**ctx.defaults, "quant_type": quant, "recipe": PROBED, "imatrix": True}
+    while target >= low:
+        for lean in LEAN_RUNTIME:
+            candidate = {**config, "target_bpw": target, **lean}
+            if canonical(candidate) in view.tried:
+                return None  # the most bits that fit were measured already: not fewer again
+            if predicted_peak(ctx, candidate) is None:
+                return candidate, target
+        target -= BPW_STEP
     return None
 
 
@@ -427,6 +483,38 @@ RESCUES: tuple[tuple[dict[str, Any], str], ...] = (
         "an importance matrix and attn_v/ffn_down one step up",
     ),
 )
+
+
+#: The bits per weight the probed rescue adds to the type's own: about what ``sensitive_up``
+#: adds on a LLaMA-shaped model (a fifth of the weights one step up), spent where it was measured
+#: to matter instead of on fixed groups.
+RESCUE_EXTRA_BPW = 0.5
+
+
+def _rescues(
+    ctx: DecisionContext, view: _DeployView, t: TrialView
+) -> tuple[tuple[dict[str, Any], str], ...]:
+    """``RESCUES``, with the fixed sensitive groups replaced by the probed recipe when the
+    analyst measured which groups are sensitive on this model; none for a probed miss."""
+    recipe = t.config.get("recipe", "uniform")
+    if recipe == PROBED:
+        return ()  # its bits already went where the probe says; a fixed rule would not do better
+    if not _has_probe(ctx) or recipe != "uniform":
+        return RESCUES
+    _, high = TARGET_BPW_RANGE
+    bits = view.bits_of(t.config.get("quant_type"))
+    target = min(high, math.floor((bits + RESCUE_EXTRA_BPW) / BPW_STEP) * BPW_STEP)
+    if target <= bits:
+        return RESCUES[:1]  # no bits left above the type's own (Q8_0): the same file again
+    probed = {"imatrix": True, "recipe": PROBED, "target_bpw": target}
+    return (
+        RESCUES[0],
+        (
+            probed,
+            f"an importance matrix and {target:g} bits per weight, spent on the tensor groups "
+            "the sensitivity probe ranks first",
+        ),
+    )
 
 
 def _missed_accuracy(t: TrialView, ctx: DecisionContext) -> bool:
@@ -456,8 +544,8 @@ def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | 
         quant = str(t.config.get("quant_type"))
         if quant in order and order.index(quant) >= limit:
             continue  # not faster than what already holds the floor
-        for change, why in RESCUES:
-            candidate = {**t.config, **change}
+        for change, why in _rescues(ctx, view, t):
+            candidate = ctx.space.applicable({**t.config, **change})
             if canonical(candidate) in view.tried or predicted_peak(ctx, candidate) is not None:
                 continue
             try:

@@ -39,6 +39,10 @@ def _key(config: dict[str, Any], names: list[str]) -> str:
     return json.dumps({k: config.get(k) for k in names}, sort_keys=True, default=str)
 
 
+def _conditional(ctx: DecisionContext, name: str) -> bool:
+    return ctx.space.knob(name).only_with is not None
+
+
 def _distribution(knob: Knob) -> Any:
     import optuna
 
@@ -131,7 +135,10 @@ class OptunaBrain:
                 else:
                     study.tell(pending, values if multi else values[0])
                 continue
-            params = {k: t.config[k] for k in names if k in t.config}
+            # A knob the config left out as meaningless (target_bpw of a uniform recipe) is
+            # told at its default: the sampler's distributions cover every knob.
+            params = {k: t.config.get(k, ctx.space.knob(k).default) for k in names}
+            params = {k: v for k, v in params.items() if k in t.config or _conditional(ctx, k)}
             if set(params) != set(names) or values is None:
                 continue
             try:
@@ -155,7 +162,8 @@ class OptunaBrain:
         study = self._study(ctx)
         self._tell_history(ctx, study)
         distributions = {k.name: _distribution(k) for k in ctx.space.knobs}
-        tried = {_key(t.config, ctx.space.names) for t in ctx.history}
+        multi = len(study.directions) > 1
+        tried = {_key(t.config, ctx.space.names): self._values(t, multi) for t in ctx.history}
         import optuna
 
         out: list[dict[str, Any]] = []
@@ -163,7 +171,7 @@ class OptunaBrain:
             if len(out) == k:
                 break
             trial = study.ask(distributions)
-            config = {**ctx.defaults, **trial.params}
+            config = ctx.space.applicable({**ctx.defaults, **trial.params})
             key = _key(config, ctx.space.names)
             if not is_valid(ctx, config):
                 # A combination the config model forbids (a quantized V cache without flash
@@ -174,8 +182,14 @@ class OptunaBrain:
                 self._pending[key] = trial
                 out.append(config)
                 continue
-            # A repeat of a measured configuration: pruned, so the sampler moves on.
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            # A repeat of a measured configuration (with another value of a knob it leaves out,
+            # such as target_bpw of a uniform recipe): told the value it measured, so a model-
+            # based sampler learns the point instead of asking it again; else pruned.
+            known = tried.get(key)
+            if known is not None:
+                study.tell(trial, known if multi else known[0])
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return out
 
     def keep(
@@ -216,7 +230,10 @@ class LocalSearchBrain:
     def _neighbours(config: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:
         out = []
         for knob in space.knobs:
-            value = config.get(knob.name, knob.default)
+            if knob.name not in space.applicable({**config, knob.name: knob.default}):
+                continue  # a knob this config leaves out (target_bpw of a uniform recipe)
+            value = config.get(knob.name)
+            value = knob.default if value is None else value
             if knob.kind == "bool":
                 out.append({**config, knob.name: not value})
             elif knob.kind == "categorical":
@@ -236,7 +253,7 @@ class LocalSearchBrain:
                         new = float(value) + direction * (high - low) / 8
                     new = min(high, max(low, new))
                     out.append({**config, knob.name: round(new) if knob.kind == "int" else new})
-        return out
+        return [space.applicable(c) for c in out]
 
     def _random_config(self, ctx: DecisionContext) -> dict[str, Any]:
         config = dict(ctx.defaults)
@@ -249,7 +266,7 @@ class LocalSearchBrain:
                 low, high = float(knob.low or 0), float(knob.high or 0)
                 v = self.rng.uniform(low, high)
                 config[knob.name] = round(v) if knob.kind == "int" else v
-        return config
+        return ctx.space.applicable(config)
 
     def propose(self, ctx: DecisionContext) -> Proposal:
         names = ctx.space.names

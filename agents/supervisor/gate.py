@@ -10,6 +10,7 @@ from typing import Any
 
 from haqa.agents.runtime import RunRuntime
 from haqa.agents.search_step import find_finished, record_rejection
+from haqa.errors import HaqaError
 from haqa.schemas import DeployConfig, FinetuneConfig
 from haqa.units import format_bytes
 
@@ -25,10 +26,15 @@ def admit(
     earlier = find_finished(rt, stage, raw)
     if earlier is not None and earlier.status == "rejected":
         return False  # rejected before (a resumed run): not estimated or recorded again
-    if isinstance(config, DeployConfig):
-        estimate = rt.toolbox.estimate_deploy(config)
-    else:
-        estimate = rt.toolbox.estimate_finetune(config)
+    try:
+        if isinstance(config, DeployConfig):
+            estimate = rt.toolbox.estimate_deploy(config)
+        else:
+            estimate = rt.toolbox.estimate_finetune(config)
+    except HaqaError:
+        # Weights that cannot be made cannot be estimated either (a probed recipe without its
+        # probe): the trial runs, fails with the same one-line reason and is recorded so.
+        return True
     predicted = int(estimate.get("total_bytes", 0))
     if rt.goal.fits_memory(predicted):
         return True

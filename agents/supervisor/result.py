@@ -11,6 +11,7 @@ from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
 from haqa.agents.search_step import run_trial
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
+from haqa.recipes import Weights
 from haqa.regression import RegressionReport
 from haqa.schemas import DeployConfig, RuntimeSettings
 from haqa.stats import (
@@ -324,14 +325,9 @@ def _measured_with(rt: RunRuntime, quant: str, config: dict[str, Any]) -> TrialR
     cache = (config.get("type_k", "f16"), config.get("type_v", "f16"))
     # The weights are the type, the recipe and the imatrix: IQ4_NL with and without an
     # importance matrix answer differently (on SmolLM2, 17 points apart).
-    weights = (quant, config.get("recipe", "uniform"), bool(config.get("imatrix", False)))
+    weights = Weights.of_config({**config, "quant_type": quant})
     for t in rt.trials("deploy"):
-        mine = (
-            t.config.get("quant_type"),
-            t.config.get("recipe", "uniform"),
-            bool(t.config.get("imatrix", False)),
-        )
-        if not (t.is_search and t.status == "ok" and mine == weights):
+        if not (t.is_search and t.status == "ok") or Weights.of_config(t.config) != weights:
             continue
         if (t.config.get("type_k", "f16"), t.config.get("type_v", "f16")) != cache:
             continue
@@ -553,7 +549,11 @@ def _final_test(rt: RunRuntime, cfg: DeployConfig, adapter: str | None) -> Trial
     """The winner's accuracy on the test split, recorded as the run's ``test`` trial; its
     configuration names the whole weights (a recipe and an importance matrix where the answer
     has them), so the stored row says which file was scored."""
-    weights: dict[str, str | bool] = {"recipe": cfg.recipe} if cfg.recipe != "uniform" else {}
+    weights: dict[str, str | bool | float] = (
+        {"recipe": cfg.recipe} if cfg.recipe != "uniform" else {}
+    )
+    if cfg.target_bpw is not None:
+        weights["target_bpw"] = cfg.target_bpw
     if cfg.imatrix:
         weights["imatrix"] = True
     return run_trial(

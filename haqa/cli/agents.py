@@ -289,11 +289,7 @@ def _weights_label(cfg: dict[str, Any]) -> str:
     """The answer's weights as the trace writes them: Q4_K_M, IQ4_NL+imatrix, ..."""
     from haqa.recipes import Weights
 
-    return Weights(
-        quant_type=str(cfg.get("quant_type")),
-        recipe=cfg.get("recipe", "uniform"),
-        imatrix=bool(cfg.get("imatrix", False)),
-    ).label
+    return Weights.of_config(cfg).label
 
 
 def _runtime_summary(cfg: dict[str, Any]) -> str:

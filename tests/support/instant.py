@@ -43,6 +43,9 @@ class InstantToolbox:
     def microbench(self) -> dict[str, Any]:
         return {"rows": [], "implications": []}
 
+    def tensor_sensitivity(self) -> dict[str, Any] | None:
+        return None
+
     def evaluate_base(self) -> TrialMetrics:
         return TrialMetrics(accuracy=0.5)
 
