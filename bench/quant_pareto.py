@@ -19,8 +19,10 @@ types it beats on both figures and the uniform types that beat it.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +32,16 @@ from haqa.recipes import Weights
 from haqa.schemas import RuntimeSettings
 from haqa.tools.benchmark_llamacpp import Args as BenchArgs
 from haqa.tools.benchmark_llamacpp import benchmark_llamacpp
-from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf, weights_recipe
+from haqa.tools.export_gguf import QuantizeArgs, quantize_gguf
 from haqa.tools.gguf_header import weight_mix
 from haqa.tools.gguf_loglik import gguf_perplexity
 from haqa.tools.imatrix import ImatrixArgs, compute_imatrix
+from haqa.tools.tensor_sensitivity import (
+    SensitivityArgs,
+    SensitivityResult,
+    tensor_sensitivity,
+    weights_tensor_recipe,
+)
 
 UNIFORM = "F16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_NL,Q3_K_M,Q2_K"
 VARIANTS = (
@@ -67,13 +75,15 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[0] and a[1] <= b[1] and a != b
 
 
-def _make(f16: Path, w: Weights, imatrix: Path | None) -> Path:
+def _make(
+    f16: Path, w: Weights, imatrix: Path | None, probe: Callable[[], SensitivityResult]
+) -> Path:
     if w.quant_type == "F16" and w.plain:
         return f16
     args = QuantizeArgs(
         gguf=f16,
         quant_type=w.quant_type,  # type: ignore[arg-type]
-        recipe=weights_recipe(f16, w.recipe, w.quant_type),
+        recipe=weights_tensor_recipe(f16, w, probe),
         imatrix=imatrix if w.imatrix else None,
     )
     return quantize_gguf(args).gguf_path
@@ -168,10 +178,17 @@ def main() -> int:
         f"{imatrix.dataset} ({imatrix.time_s:.0f} s); perplexity over {a.ppl_windows} windows of "
         f"eval.txt; speed: pp256/tg64, {a.threads} threads, {a.rounds} interleaved rounds of 3"
     )
+
+    @functools.cache
+    def probe() -> SensitivityResult:
+        result = tensor_sensitivity(SensitivityArgs(gguf=f16, text=files.text / "calib.txt"))
+        print(f"{result.summary()} ({result.time_s:.0f} s)")
+        return result
+
     rows = []
     for spec in a.weights.split(","):
         w = Weights.parse(spec)
-        path = _make(f16, w, imatrix.imatrix_path)
+        path = _make(f16, w, imatrix.imatrix_path, probe)
         ppl = gguf_perplexity(path, text, n_threads=a.threads, max_chunks=a.ppl_windows)
         mix = weight_mix(path)
         rows.append(
