@@ -484,3 +484,25 @@ def test_with_a_probe_the_shrink_is_the_most_bits_the_budget_allows() -> None:
     assert config.weights.label == "Q4_K_M+probed@4.5+imatrix", p.thought
     assert "4.5 bits per weight" in p.thought
     assert tools.estimate_memory({**p.config, "target_bpw": 4.75})["total_bytes"] > budget
+
+
+def test_the_expert_does_not_measure_one_probed_file_twice() -> None:
+    """Probed at one target, two K-quant file types make the same tensors (the allocation
+    starts every group at Q2_K): a Q3_K_M miss is not rescued with the probed file a Q4_K_M
+    shrink already measured (seen in a SmolLM2 run: the same file, measured twice)."""
+    from haqa.agents.brains.expert import _DeployView, _rescue_with_imatrix
+
+    base = {"n_threads": 2, "n_threads_batch": 2, "flash_attn": False}
+    probed = {"recipe": "probed", "target_bpw": 4.25, "imatrix": True}
+    history = [
+        view(1, None, quant_type="Q4_K_M", **probed, **base),
+        view(2, None, quant_type="Q3_K_M", **base),
+        view(3, None, quant_type="Q3_K_M", imatrix=True, **base),
+    ]
+    ctx = _ctx(history, sensitivity=PROBE)
+    assert _rescue_with_imatrix(ctx, _DeployView.of(ctx)) is None
+    # Without the Q4_K_M trial the same rescue is proposed.
+    ctx = _ctx(history[1:], sensitivity=PROBE)
+    rescue = _rescue_with_imatrix(ctx, _DeployView.of(ctx))
+    assert rescue is not None
+    assert DeployConfig.model_validate(rescue.config).weights.label == "Q3_K_M+probed@4.25+imatrix"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haqa.agents.brains.base import BrainKind, DecisionContext, Proposal, TrialView
-from haqa.quant import BITS_PER_WEIGHT
+from haqa.quant import BITS_PER_WEIGHT, FTYPE_BASE
 from haqa.recipes import PROBED, TARGET_BPW_RANGE
 from haqa.schemas import FLOAT_KV_CACHE_TYPES
 
@@ -443,6 +443,31 @@ def _shrink_to_fit(ctx: DecisionContext, view: _DeployView) -> Proposal | None:
 BPW_STEP = 0.25
 
 
+def _probed_file_tried(ctx: DecisionContext, config: dict[str, Any]) -> bool:
+    """A probed recipe at this target (and imatrix) was measured on a file type of the same
+    ladder: the allocation starts every probed group at the ladder's bottom, so Q3_K_M and
+    Q4_K_M probed at one target are the same tensors (they differ only where the probe did not
+    look), and a second trial would measure that file again."""
+    if config.get("recipe") != PROBED:
+        return False
+
+    def same(other: dict[str, Any]) -> bool:
+        return (
+            other.get("recipe") == PROBED
+            and other.get("target_bpw") == config.get("target_bpw")
+            and bool(other.get("imatrix")) == bool(config.get("imatrix"))
+            and _ladder(other.get("quant_type")) == _ladder(config.get("quant_type"))
+        )
+
+    return any(same(t.config) for t in ctx.history)
+
+
+def _ladder(quant_type: object) -> str:
+    """The ladder a file type's probed recipe climbs: the K-quants share one."""
+    base = FTYPE_BASE.get(str(quant_type), str(quant_type))
+    return "K" if base.endswith("_K") else base
+
+
 def _has_probe(ctx: DecisionContext) -> bool:
     """The analyst measured the tensor sensitivity and the space has the probed recipe."""
     probe = ctx.brief.get("tensor_sensitivity") or {}
@@ -466,7 +491,7 @@ def _probed_to_fit(
     while target >= low:
         for lean in LEAN_RUNTIME:
             candidate = {**config, "target_bpw": target, **lean}
-            if canonical(candidate) in view.tried:
+            if canonical(candidate) in view.tried or _probed_file_tried(ctx, candidate):
                 return None  # the most bits that fit were measured already: not fewer again
             if predicted_peak(ctx, candidate) is None:
                 return candidate, target
@@ -546,7 +571,9 @@ def _rescue_with_imatrix(ctx: DecisionContext, view: _DeployView) -> Proposal | 
             continue  # not faster than what already holds the floor
         for change, why in _rescues(ctx, view, t):
             candidate = ctx.space.applicable({**t.config, **change})
-            if canonical(candidate) in view.tried or predicted_peak(ctx, candidate) is not None:
+            if canonical(candidate) in view.tried or _probed_file_tried(ctx, candidate):
+                continue
+            if predicted_peak(ctx, candidate) is not None:
                 continue
             try:
                 ctx.space.validate_config(candidate)

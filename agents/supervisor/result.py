@@ -11,6 +11,7 @@ from haqa.agents.runtime import ROLE_INVALID, ROLE_OBSERVATION, RunRuntime
 from haqa.agents.search_step import run_trial
 from haqa.agents.supervisor.gate import admit
 from haqa.agents.supervisor.race import Entrant, spread, winner
+from haqa.errors import HaqaError
 from haqa.recipes import Weights
 from haqa.regression import RegressionReport
 from haqa.schemas import DeployConfig, RuntimeSettings
@@ -122,11 +123,19 @@ class RunResult(BaseModel):
             else ""
         )
         return (
-            f"best{won}: {self.config.get('quant_type')} with {self.config.get('n_threads')} "
+            f"best{won}: {_label(self.config)} with {self.config.get('n_threads')} "
             "threads — "
             f"decode {self.decode_tps or 0:.1f} tok/s ({speed or 'no baseline'}), "
             f"accuracy {self.accuracy_validation or 0:.3f} (validation)"
         )
+
+
+def _label(config: dict[str, Any]) -> str:
+    """The answer's weights as a user writes them (Q4_K_M+probed@5.75+imatrix)."""
+    try:
+        return Weights.of_config(config).label
+    except (HaqaError, ValueError):
+        return str(config.get("quant_type"))
 
 
 def llama_defaults(brief: dict[str, Any], max_threads: int | None = None) -> RuntimeSettings:
