@@ -85,6 +85,13 @@ class RunConfig(Strict):
         description="text the importance matrix of an imatrix trial is computed over (no "
         "evaluation may use it); default: the training split's questions and answers",
     )
+    sensitivity_probe: bool = Field(
+        True,
+        description="the analyst probes each tensor group's sensitivity (about nine "
+        "quantizations and short evaluations of the model) and the deploy stage may spend a "
+        "target bits per weight by it (recipe probed); false: neither, for a model too large "
+        "to probe in the time it is worth",
+    )
     n_prompt: int = Field(256, ge=1, le=65536, description="benchmark prompt tokens (pp)")
     n_gen: int = Field(64, ge=1, le=65536, description="benchmark generated tokens (tg)")
     repetitions: int = Field(3, ge=1, le=100, description="benchmark repetitions")

@@ -20,6 +20,7 @@ from haqa.goal import Goal
 from haqa.graph.build import build_graph
 from haqa.graph.config import Fleet, RunConfig
 from haqa.modelref import resolve_model
+from haqa.recipes import PROBED, RECIPE_NAMES
 from haqa.regression import GateSpec
 from haqa.space import SearchSpace, deploy_space, finetune_space
 from haqa.store import RunRecord, Store, TrialResult, new_run_id
@@ -296,6 +297,8 @@ def _setup(
     toolbox = toolbox or default_toolbox(cfg, settings, store.path)
     target = _cluster_target(toolbox)  # a cluster's threads are its target kind's nodes' CPUs
     space = deploy_space(target[1] if target else os.cpu_count() or 1)
+    if not cfg.sensitivity_probe:  # no probe, no probed recipe (and no target_bpw knob)
+        space = space.restrict(recipe=[r for r in RECIPE_NAMES if r != PROBED])
     return goal, toolbox, space, summary
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from haqa.errors import HaqaError
@@ -88,3 +90,24 @@ def test_target_bpw_is_a_knob_only_with_the_probed_recipe() -> None:
     narrowed = space.restrict(recipe=["uniform"])
     assert "target_bpw" not in narrowed.names
     assert narrowed.applicable({"recipe": "uniform", "target_bpw": None}) == {"recipe": "uniform"}
+
+
+def test_without_the_sensitivity_probe_a_run_has_no_probed_recipe(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """``--no-sensitivity-probe`` (a model too large to probe in the time it is worth): the
+    run's deploy space offers no probed recipe and no target_bpw, so the analyst does not probe
+    and no brain can propose it."""
+    from support.instant import InstantToolbox
+    from support.runs import small_run_config
+
+    from haqa.graph.run import _setup
+    from haqa.store import Store
+
+    store = Store(tmp_path / "haqa.duckdb")
+    _, _, space, _ = _setup(store, small_run_config(), InstantToolbox())
+    assert "probed" in (space.knob("recipe").choices or ()) and "target_bpw" in space.names
+    off = small_run_config(sensitivity_probe=False)
+    _, _, space, _ = _setup(store, off, InstantToolbox())
+    assert "probed" not in (space.knob("recipe").choices or ())
+    assert "target_bpw" not in space.names

@@ -370,6 +370,14 @@ def run_command(
             help="text for the importance matrix of imatrix trials (default: the train split)",
         ),
     ] = None,
+    sensitivity_probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--sensitivity-probe/--no-sensitivity-probe",
+            help="measure each tensor group's sensitivity and search the probed recipe "
+            "(default: on; off for a model too large to probe in the time it is worth)",
+        ),
+    ] = None,
     n_prompt: Annotated[int | None, typer.Option("--n-prompt")] = None,
     n_gen: Annotated[int | None, typer.Option("--n-gen")] = None,
     repetitions: Annotated[int | None, typer.Option("--repetitions")] = None,
@@ -515,6 +523,7 @@ def run_command(
             "eval_text": eval_text,
             "perplexity_windows": perplexity_windows,
             "calibration_text": calibration_text,
+            "sensitivity_probe": sensitivity_probe,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
             "repetitions": repetitions,
