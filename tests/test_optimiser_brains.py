@@ -53,3 +53,37 @@ def test_brain_proposes_valid_new_configs(name: str, stage: str) -> None:
             )
         )  # fmt: skip
     assert len(seen) >= 4
+
+
+def test_a_replaced_trial_does_not_break_the_optimiser() -> None:
+    """A trial re-measured after a drift replaces the one the study was told about: the study
+    is built again from the history, and the trial it had asked for (now measured under its own
+    id) is told from the history, not to the new study that never asked it (which raised
+    "No trial with trial_id N exists" and cost an invalid proposal in a run)."""
+    brain = OptunaBrain("tpe", seed=0)
+    space = deploy_space(2)
+    defaults = DeployConfig(n_threads=2).model_dump()
+
+    def ctx(history: list[TrialView]) -> DecisionContext:
+        return DecisionContext(
+            run_id="r", agent="tuner", stage="deploy", space=space, goal=Goal(),
+            static_prompt="", dynamic_prompt="", history=history, defaults=defaults,
+            budget_left=10,
+        )  # fmt: skip
+
+    def measured(trial_id: int, config: dict[str, object]) -> TrialView:
+        return TrialView(
+            trial_id=trial_id, stage="deploy", config=config, status="ok", accuracy=0.5,
+            objective=synthetic(config), feasible=True,
+        )  # fmt: skip
+
+    first = brain.propose(ctx([]))
+    one = measured(1, first.config)
+    second = brain.propose(ctx([one]))
+    # Trial 1 was measured again as trial 3 (it replaces 1); the asked config ran as trial 2.
+    history = [measured(3, first.config), measured(2, second.config)]
+    third = brain.propose(ctx(history))
+    assert third.action == "trial"
+    assert json.dumps(third.config, sort_keys=True, default=str) not in {
+        json.dumps(c, sort_keys=True, default=str) for c in (first.config, second.config)
+    }

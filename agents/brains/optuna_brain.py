@@ -157,8 +157,11 @@ class OptunaBrain:
         each stays pending in the study until ``keep`` says which one runs."""
         if self._told.get(ctx.stage, set()) - {t.trial_id for t in ctx.history}:
             # A trial the study was told about was replaced (re-measured after a drift): tell
-            # a new study the history as it stands, as a resumed run would.
+            # a new study the history as it stands, as a resumed run would. The asked trials
+            # still pending belong to the old study (telling the new one of them raised
+            # "No trial with trial_id N exists"): their configs are told from the history.
             self._studies.pop(ctx.stage, None)
+            self._pending.clear()
         study = self._study(ctx)
         self._tell_history(ctx, study)
         distributions = {k.name: _distribution(k) for k in ctx.space.knobs}
