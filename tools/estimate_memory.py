@@ -367,11 +367,16 @@ def predict_tensor_type(
     if is_output and rules.get("output_type"):
         manual = str(rules["output_type"])
     new = manual or _mix_type(name, quant_type, shape, base, is_output=is_output, ne0=spec.ne0)
-    if spec.ne0 % BLOCK[new][0] != 0:
-        new = FALLBACK.get(new, new)
-        if spec.ne0 % BLOCK[new][0] != 0:
-            new = "F16"
-    return new
+    return row_fit_type(spec.ne0, new)
+
+
+def row_fit_type(ne0: int, ggml_type: str) -> str:
+    """The type llama.cpp writes for ``ggml_type`` on rows of ``ne0`` elements: itself when its
+    blocks fit, else its 32-block fallback, else F16."""
+    if ne0 % BLOCK[ggml_type][0] == 0:
+        return ggml_type
+    fallback = FALLBACK.get(ggml_type, ggml_type)
+    return fallback if ne0 % BLOCK[fallback][0] == 0 else "F16"
 
 
 def _mix_type(

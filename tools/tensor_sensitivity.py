@@ -42,6 +42,7 @@ from haqa.tools.estimate_memory import (
     TensorSpec,
     predict_tensor_type,
     read_shape,
+    row_fit_type,
     tensor_bytes,
 )
 from haqa.tools.export_gguf import TensorRecipe
@@ -251,18 +252,8 @@ class Allocation(BaseModel):
     target_bpw: float
 
 
-def _effective(t: TensorSpec, ggml_type: str) -> str:
-    """The type llama.cpp writes for ``ggml_type`` on this tensor's rows (its fallback)."""
-    from haqa.quant import FALLBACK
-
-    if t.ne0 % BLOCK[ggml_type][0] == 0:
-        return ggml_type
-    fallback = FALLBACK.get(ggml_type, ggml_type)
-    return fallback if t.ne0 % BLOCK[fallback][0] == 0 else "F16"
-
-
 def _group_bits(tensors: list[TensorSpec], ggml_type: str) -> int:
-    return sum(8 * tensor_bytes(t.ne0, t.rows, _effective(t, ggml_type)) for t in tensors)
+    return sum(8 * tensor_bytes(t.ne0, t.rows, row_fit_type(t.ne0, ggml_type)) for t in tensors)
 
 
 def _group_error(kld: float, probe_bits: float, tensors: list[TensorSpec], ggml_type: str) -> float:
