@@ -2,11 +2,17 @@
 
 Builds ``llama-bench`` from the sources llama-cpp-python vendors (once, see
 ``llama_bench_build.py``) and runs it on the installed wheel's own libraries, so both tools run
-the same kernels and only their drivers differ; then runs both side by side on the same GGUF
-files with the same knobs, interleaved and repeated (the order alternates each round) so that
-load from other processes falls on both alike, and prints haqa ÷ llama-bench for pp and tg
-tokens/s: the median over rounds of the ratio within each round.
-Target: median pp and tg ratios within 0.95–1.05, every ratio within 0.90–1.10.
+the same kernels and only their drivers differ; then runs both on the same GGUF files with the
+same knobs, in back-to-back pairs (``--pairs`` per configuration and round, who goes first
+alternating pair by pair and round by round), and prints haqa ÷ llama-bench for pp and tg
+tokens/s: a round's ratio is the median of its pairs' ratios, a configuration's the median over
+rounds. Target: median pp and tg ratios within 0.95–1.05, every round's ratio within 0.90–1.10.
+
+Why pairs within a round: a virtual machine's speed moves in steps seconds long (a 2-vCPU Zen 5
+guest's memory read 48, then 65 GB/s, for seconds at a time, nothing else running), and one
+haqa reading against one llama-bench reading a few seconds later is out by a third when a step
+falls between them; with several adjacent pairs a step spoils one pair, not the round. The last
+column shows how far llama-bench moved against itself within a round, the machine's share.
 
 Each test gets llama-bench's own context size (pp: ``n_prompt`` cells, tg: ``n_gen``), so the two
 tools do the same work per token. It also prints haqa's host overhead per generated token (time
@@ -15,7 +21,7 @@ a token: on a small model that decodes in about a millisecond, a fixed cost per 
 separates a Python loop from a C++ one.
 
     .venv/bin/python bench/llama_bench_fidelity.py [--model GGUF_OR_HF ...] [--quant Q4_0,Q8_0,F16]
-        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2]
+        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2] [--pairs 3]
 
 Any GGUF file, HF folder or zoo name; ``--model`` may be given more than once. Without it:
 zoo:bench-60m (a few hundred tokens/s on two cores: the regime where a per-token cost shows), the
@@ -30,7 +36,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llama_bench_build import ensure_llama_bench, tool_env
 
@@ -130,6 +136,12 @@ def main() -> int:
     ap.add_argument(
         "--rounds", type=int, default=2, help="interleaved rounds, even: each order as often"
     )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="back-to-back haqa/llama-bench pairs per configuration and round (odd: a median)",
+    )
     a = ap.parse_args()
     if a.rounds % 2:
         print(f"note: {a.rounds} rounds: one order runs once more than the other")
@@ -145,63 +157,100 @@ def main() -> int:
         return 2
     threads = [int(t) for t in a.threads.split(",")]
     combos = [(key, t) for key in files for t in threads]
-    got: dict[tuple[str, str, int, str], list[tuple[float, float]]] = {}
+    got: dict[tuple[str, str, int, str], list[Round]] = {}
     host_us: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
-    print(f"llama-bench: {exe}\np={a.n_prompt} n={a.n_gen} r={a.repetitions}")
+    print(f"llama-bench: {exe}\np={a.n_prompt} n={a.n_gen} r={a.repetitions} pairs={a.pairs}")
     for rnd in range(a.rounds):
         for (spec, q), t in combos:
             gguf = files[(spec, q)]
-            # Who goes first alternates by round for every pair alike (an even number of rounds
-            # gives each pair both orders); by pair as well, the order went with the thread count
-            # (i's parity is the thread index when two are compared).
-            if rnd % 2 == 0:
-                ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-            else:
-                ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
+            pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+            for i in range(a.pairs):
+                # Who goes first alternates pair by pair, and the first pair's order by round,
+                # for every configuration alike (before, it also went by configuration, so with
+                # `--threads 1,2` the order went with the thread count).
+                if (rnd + i) % 2 == 0:
+                    ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
+                    ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
+                else:
+                    ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
+                    ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
+                pairs.append((ours, ref))
+                if "host_us" in ours and "tg" in ref:
+                    host_us.setdefault((spec, q, t), []).append((ours["host_us"], 1e6 / ref["tg"]))
             for test in ("pp", "tg"):
-                if test in ours and test in ref:
-                    got.setdefault((spec, q, t, test), []).append((ours[test], ref[test]))
-            if "host_us" in ours and "tg" in ref:
-                host_us.setdefault((spec, q, t), []).append((ours["host_us"], 1e6 / ref["tg"]))
-            print(f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: haqa {ours} llama-bench {ref}")
+                both = [(o[test], r[test]) for o, r in pairs if test in o and test in r]
+                if both:
+                    got.setdefault((spec, q, t, test), []).append(Round.of(both))
+            shown = {
+                test: " ".join(f"{o[test]:.0f}/{r[test]:.0f}" for o, r in pairs if test in o)
+                for test in ("pp", "tg")
+            }
+            print(
+                f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: haqa/llama-bench "
+                f"pp {shown['pp']}  tg {shown['tg']}"
+            )
     print()
     _print_table(got, a.n_prompt, a.n_gen)
     _print_host(host_us)
     return 0
 
 
-def _print_table(
-    got: dict[tuple[str, str, int, str], list[tuple[float, float]]], p: int, n: int
-) -> None:
-    # The ratio is the median of the per-round ratios: each pair ran back to back, so load from
-    # other processes mostly cancels within a pair, which it does not across rounds.
-    print("| model | quant | threads | test | haqa t/s | llama-bench t/s | ratio | per round |")
-    print("|---|---|---|---|---|---|---|---|")
+class Round(NamedTuple):
+    """One configuration's pairs in one round: the medians of each side and the median of the
+    pairs' ratios (each pair ran back to back), and how far llama-bench moved against itself."""
+
+    ours: float
+    ref: float
+    ratio: float
+    ref_spread: float  # slowest to fastest llama-bench reading of the round, as a ratio
+
+    @classmethod
+    def of(cls, pairs: list[tuple[float, float]]) -> Round:
+        refs = [r for _, r in pairs]
+        return cls(
+            ours=statistics.median(o for o, _ in pairs),
+            ref=statistics.median(refs),
+            ratio=statistics.median(o / r for o, r in pairs),
+            ref_spread=max(refs) / min(refs),
+        )
+
+
+def _print_table(got: dict[tuple[str, str, int, str], list[Round]], p: int, n: int) -> None:
+    # A configuration's ratio is the median of its per-round ratios; a round's ratio is the
+    # median of its pairs' ratios: each pair ran back to back, so a step in the machine's speed
+    # between pairs (a VM's memory moves between states seconds long) cancels within a pair.
+    print(
+        "| model | quant | threads | test | haqa t/s | llama-bench t/s | ratio | per round "
+        "| llama-bench vs itself |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = {"pp": [], "tg": []}
-    for (spec, q, t, test), pairs in got.items():
-        h = statistics.median(x for x, _ in pairs)
-        lb = statistics.median(y for _, y in pairs)
-        per_round = [x / y for x, y in pairs]
+    for (spec, q, t, test), rounds in got.items():
+        h = statistics.median(r.ours for r in rounds)
+        lb = statistics.median(r.ref for r in rounds)
+        per_round = [r.ratio for r in rounds]
         ratios[test] += per_round
         name = f"pp{p}" if test == "pp" else f"tg{n}"
         per = " ".join(f"{r:.2f}" for r in per_round)
+        spread = max(r.ref_spread for r in rounds)
         print(
             f"| {spec} | {q} | {t} | {name} | {h:.2f} | {lb:.2f} | "
-            f"{statistics.median(per_round):.3f} | {per} |"
+            f"{statistics.median(per_round):.3f} | {per} | {spread:.2f}x |"
         )
     print()
     every = [r for rs in ratios.values() for r in rs]
     for test, rs in ratios.items():
         if rs:
             print(
-                f"{test}: median ratio {statistics.median(rs):.3f} over {len(rs)} pairs "
+                f"{test}: median ratio {statistics.median(rs):.3f} over {len(rs)} round ratios "
                 f"(range {min(rs):.2f}–{max(rs):.2f}; target median 0.95–1.05)"
             )
     if every:
         ok = all(0.90 <= r <= 1.10 for r in every)
-        print(f"every ratio within 0.90–1.10: {ok} ({sum(not 0.9 <= r <= 1.1 for r in every)} out)")
+        print(
+            f"every round's ratio within 0.90–1.10: {ok} "
+            f"({sum(not 0.9 <= r <= 1.1 for r in every)} out)"
+        )
 
 
 def _print_host(host_us: dict[tuple[str, str, int], list[tuple[float, float]]]) -> None:
