@@ -74,8 +74,11 @@ class NoisyNeighbourToolbox(LiveToolbox):
             adapter, config.quant_type, KvCacheSettings.deployed(config.runtime)
         )
         spin = [sys.executable, "-c", "while True: pass"]
-        # Every core but one busy: a thread of the benchmark waits for a core, whatever the machine.
-        hogs = [subprocess.Popen(spin) for _ in range(max(1, (os.cpu_count() or 2) - 1))]
+        # Two spinning processes a core: every thread of the benchmark gets about a third of a
+        # core, whatever the machine, so the slowdown (decode -85% and more) stands far beyond
+        # the machine's own steps (up to a third on a Zen 5 guest). One hog fewer than the cores
+        # slowed decode by only about half there, within reach of a step.
+        hogs = [subprocess.Popen(spin) for _ in range(2 * (os.cpu_count() or 2))]
         try:
             return super().deploy(config, adapter)
         finally:
@@ -95,10 +98,13 @@ def test_drift_marks_the_trials_measured_under_it_and_measures_them_again(
         n_gen=32,
         repetitions=3,
         isolate_trials=False,
-        # This machine's decode speed moves ~15% between runs of the same benchmark on a quiet
-        # machine (a VM); the neighbour costs ~90%. A 20% threshold tells the two apart.
+        # A quiet VM's decode speed moves between runs of the same benchmark: ~15% on the Xeon
+        # here, and up to a third on a 2-vCPU Zen 5 guest whose memory steps between ~48 and
+        # ~65 GB/s for seconds at a time (a 20% threshold read such a step, lasting through both
+        # re-tries, as a lasting change of level once in four CI runs there). The neighbour costs
+        # far more (see NoisyNeighbourToolbox); 45% tells the two apart.
         measurement=MeasurementPolicy(
-            anchor_every=2, drift_threshold=0.2, anchor_retry_pause_s=1.0, max_repetitions=3
+            anchor_every=2, drift_threshold=0.45, anchor_retry_pause_s=1.0, max_repetitions=3
         ),
     )
     _, settings, _ = prepare(cfg)
@@ -117,9 +123,10 @@ def test_drift_marks_the_trials_measured_under_it_and_measures_them_again(
     # The check under the neighbour drifts; re-tries follow until one is steady (at most 2).
     assert 2 <= len(anchors) <= 3
     checks = [a.metrics.model_dump() for a in anchors]
-    assert checks[0]["drifted"] is True and float(checks[0]["drift"]) < -0.2
-    assert all(c["drifted"] is True for c in checks[:-1])
-    assert checks[-1]["drifted"] is False and not checks[-1].get("level_changed")
+    drifts = [(c["drift"], c["drifted"], c.get("level_changed")) for c in checks]
+    assert checks[0]["drifted"] is True and float(checks[0]["drift"]) < -0.45, drifts
+    assert all(c["drifted"] is True for c in checks[:-1]), drifts
+    assert checks[-1]["drifted"] is False and not checks[-1].get("level_changed"), drifts
     assert checks[-1]["marked"] == [second.trial_id, third.trial_id]  # the anchor's own: level
 
     again = {t.remeasure_of: t for t in trials if t.remeasure_of is not None}
