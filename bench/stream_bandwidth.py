@@ -18,7 +18,10 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from haqa.tools.probe_hardware import Bandwidth
 
 
 def reference_kernel(chunk: Any) -> None:
@@ -65,33 +68,40 @@ def reference_bandwidth(n_bytes: int, threads: int, seconds: float = 1.5) -> flo
     return statistics.median(rates)
 
 
-def main() -> None:
-    """Five pairs of readings, each pair adjacent in time and the order alternating; the verdict
-    is the median of the five ratios. A virtual machine's memory bandwidth moves between states
-    that last seconds (a 2-vCPU Zen 5 guest: 48 then 65 GB/s, one buffer, nothing else running),
-    so a probe and a reference read seconds apart can differ by a third while both are right; the
-    pairs show each reading, so a state flip is seen as one, not taken for the probe's error."""
+def paired_readings(
+    n_bytes: int, threads: int, seconds: float, pairs: int = 5
+) -> list[tuple[Bandwidth, float]]:
+    """``pairs`` pairs of (probe, reference) readings, each pair adjacent in time and who goes
+    first alternating. A virtual machine's memory bandwidth moves between states that last
+    seconds (a 2-vCPU Zen 5 guest: 48 then 65 GB/s, one buffer, nothing else running), so a
+    probe and a reference read seconds apart can differ by a third while both are right; the
+    median of the pairs' ratios is the verdict, and a state flip spoils one pair, not it."""
     from haqa.tools.probe_hardware import Args, probe_hardware
 
+    args = Args(use_cache=False, bandwidth_seconds=seconds, bandwidth_buffer_bytes=n_bytes)
+    readings: list[tuple[Bandwidth, float]] = []
+    for pair in range(pairs):
+        reference_first = pair % 2 == 0
+        reference = reference_bandwidth(n_bytes, threads, seconds) if reference_first else 0.0
+        probe = probe_hardware(args).bandwidth
+        assert probe is not None
+        if not reference_first:
+            reference = reference_bandwidth(n_bytes, threads, seconds)
+        readings.append((probe, reference))
+    return readings
+
+
+def main() -> None:
     size = int(float(sys.argv[1]) * 1024**3) if len(sys.argv) > 1 else 1024**3
     threads = os.cpu_count() or 1
-    args = Args(use_cache=False, bandwidth_seconds=1.0, bandwidth_buffer_bytes=size)
-    ratios: list[float] = []
-    for pair in range(5):
-        reading: dict[str, float] = {}
-        for side in ("reference", "probe") if pair % 2 == 0 else ("probe", "reference"):
-            if side == "reference":
-                reading[side] = reference_bandwidth(size, threads, seconds=1.0)
-                continue
-            bandwidth = probe_hardware(args).bandwidth
-            assert bandwidth is not None
-            reading[side] = bandwidth.read_bytes_per_s
-        ratios.append(reading["probe"] / reading["reference"])
+    readings = paired_readings(size, threads, seconds=1.0)
+    ratios = [probe.read_bytes_per_s / reference for probe, reference in readings]
+    for i, ((probe, reference), ratio) in enumerate(zip(readings, ratios, strict=True)):
         print(
-            f"pair {pair + 1}: probe {reading['probe'] / 1e9:5.1f} GB/s  reference "
-            f"{reading['reference'] / 1e9:5.1f} GB/s  ratio {ratios[-1]:.2f}"
+            f"pair {i + 1}: probe {probe.read_bytes_per_s / 1e9:5.1f} GB/s  reference "
+            f"{reference / 1e9:5.1f} GB/s  ratio {ratio:.2f}"
         )
-    assert bandwidth is not None
+    bandwidth = readings[-1][0]
     print(f"probe:     {bandwidth.method}")
     if bandwidth.best_read_bytes_per_s and bandwidth.in_cache_bytes_per_s:
         print(
