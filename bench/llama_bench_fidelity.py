@@ -11,8 +11,17 @@ rounds. Target: median pp and tg ratios within 0.95–1.05, every round's ratio 
 Why pairs within a round: a virtual machine's speed moves in steps seconds long (a 2-vCPU Zen 5
 guest's memory read 48, then 65 GB/s, for seconds at a time, nothing else running), and one
 haqa reading against one llama-bench reading a few seconds later is out by a third when a step
-falls between them; with several adjacent pairs a step spoils one pair, not the round. The last
-column shows how far llama-bench moved against itself within a round, the machine's share.
+falls between them; with several adjacent pairs a step spoils one pair, not the round.
+
+The control (on unless ``--no-control``; without it the last column is how far llama-bench moved
+against itself within a round): each pair gets a second llama-bench run, the three in an order
+that rotates pair by pair, and llama-bench ÷ llama-bench goes through the very same pairing and
+medians as haqa ÷ llama-bench, in a column and a summary line of its own. A round that the
+control also misses was the machine's. The control is a lower bound on the machine's share, not
+all of it: on a 2-vCPU Zen 5 guest a process keeps a speed offset of up to ~7% for its life, and
+two llama-bench processes in a row get 70–90% of the same physical pages for their large buffers
+(haqa's process after llama-bench's, ~40%), so the twins share more of their luck than haqa and
+llama-bench can.
 
 Each test gets llama-bench's own context size (pp: ``n_prompt`` cells, tg: ``n_gen``), so the two
 tools do the same work per token. It also prints haqa's host overhead per generated token (time
@@ -21,7 +30,7 @@ a token: on a small model that decodes in about a millisecond, a fixed cost per 
 separates a Python loop from a C++ one.
 
     .venv/bin/python bench/llama_bench_fidelity.py [--model GGUF_OR_HF ...] [--quant Q4_0,Q8_0,F16]
-        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2] [--pairs 3]
+        [--threads 1,2] [-p 128] [-n 32] [-r 3] [--rounds 2] [--pairs 3] [--no-control]
 
 Any GGUF file, HF folder or zoo name; ``--model`` may be given more than once. Without it:
 zoo:bench-60m (a few hundred tokens/s on two cores: the regime where a per-token cost shows), the
@@ -77,24 +86,31 @@ def _base_gguf(spec: str) -> Path:
 
 
 def _llama_bench(exe: Path, gguf: Path, threads: int, p: int, n: int, r: int) -> dict[str, float]:
-    cmd = [str(exe), "-m", str(gguf), "-p", str(p), "-n", str(n), "-r", str(r)]
-    cmd += ["-t", str(threads), "-b", "2048", "-ub", "512", "-fa", "0", "-ctk", "f16"]
-    cmd += ["-ctv", "f16", "-ngl", "0", "-lm", "mmap", "--repack", str(int(extra_bufts_safe()))]
-    cmd += ["-o", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
-    if proc.returncode != 0:
-        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
-        raise RuntimeError(f"llama-bench failed ({proc.returncode}): {tail}")
-    rows: list[dict[str, Any]] = json.loads(proc.stdout)
-    return {
-        ("pp" if row["n_prompt"] > 0 else "tg"): float(row["avg_ts"])
-        for row in rows
-        if row["n_prompt"] > 0 or row["n_gen"] > 0
-    }
+    """pp and tg as two llama-bench processes, as haqa's side runs them (see :func:`_haqa`)."""
+    out: dict[str, float] = {}
+    for test, n_prompt, n_gen in (("pp", p, 0), ("tg", 0, n)):
+        if n_prompt + n_gen == 0:
+            continue
+        cmd = [str(exe), "-m", str(gguf), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(r)]
+        cmd += ["-t", str(threads), "-b", "2048", "-ub", "512", "-fa", "0", "-ctk", "f16"]
+        cmd += ["-ctv", "f16", "-ngl", "0", "-lm", "mmap"]
+        cmd += ["--repack", str(int(extra_bufts_safe())), "-o", "json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
+        if proc.returncode != 0:
+            tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+            raise RuntimeError(f"llama-bench failed ({proc.returncode}): {tail}")
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        out[test] = float(rows[-1]["avg_ts"])
+    return out
 
 
 def _haqa(gguf: Path, threads: int, p: int, n: int, r: int) -> dict[str, float]:
-    """pp and tg as two benchmarks, each with llama-bench's context size for that test."""
+    """pp and tg as two benchmarks, each with llama-bench's context size for that test, so each
+    in a process of its own; llama-bench's side does the same. Why both: the first timed tg run
+    of a fresh process reads 3–5% slow, llama-bench's as haqa's (Zen 5, two threads, 20 runs of
+    five tg64: the first was 0.949 of its run's median in haqa's tg process, 0.967 in
+    llama-bench's with ``-p 0``, 0.987 in llama-bench's after its own pp), so a tg that follows
+    a pp on one side only is a bias of its own, ~2% with ``-r 3``."""
     out: dict[str, float] = {}
     for test, n_prompt, n_gen in (("pp", p, 0), ("tg", 0, n)):
         if n_prompt + n_gen == 0:
@@ -125,6 +141,23 @@ def _files(models: list[str], quants: str) -> dict[tuple[str, str], Path]:
     return files
 
 
+def _pair(
+    exe: Path, gguf: Path, threads: int, a: argparse.Namespace, shift: int
+) -> dict[str, dict[str, float]]:
+    """One pair: haqa and llama-bench back to back (and, with the control, llama-bench again),
+    in an order that rotates with ``shift`` (the round plus the pair's index), so that no arm
+    always goes first or always follows the same arm."""
+    arms = ["haqa", "llama-bench"] + (["again"] if a.control else [])
+    shift %= len(arms)
+    out: dict[str, dict[str, float]] = {}
+    for arm in arms[shift:] + arms[:shift]:
+        if arm == "haqa":
+            out[arm] = _haqa(gguf, threads, a.n_prompt, a.n_gen, a.repetitions)
+        else:
+            out[arm] = _llama_bench(exe, gguf, threads, a.n_prompt, a.n_gen, a.repetitions)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--model", action="append", help="GGUF file, HF folder or zoo:NAME")
@@ -142,6 +175,12 @@ def main() -> int:
         default=3,
         help="back-to-back haqa/llama-bench pairs per configuration and round (odd: a median)",
     )
+    ap.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="skip the second llama-bench run per pair (llama-bench ÷ itself, same pairing)",
+    )
     a = ap.parse_args()
     if a.rounds % 2:
         print(f"note: {a.rounds} rounds: one order runs once more than the other")
@@ -158,29 +197,30 @@ def main() -> int:
     threads = [int(t) for t in a.threads.split(",")]
     combos = [(key, t) for key in files for t in threads]
     got: dict[tuple[str, str, int, str], list[Round]] = {}
+    control: dict[tuple[str, str, int, str], list[Round]] = {}
     host_us: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
-    print(f"llama-bench: {exe}\np={a.n_prompt} n={a.n_gen} r={a.repetitions} pairs={a.pairs}")
+    print(
+        f"llama-bench: {exe}\np={a.n_prompt} n={a.n_gen} r={a.repetitions} pairs={a.pairs} "
+        f"control={a.control}"
+    )
     for rnd in range(a.rounds):
         for (spec, q), t in combos:
             gguf = files[(spec, q)]
             pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+            twins: list[tuple[dict[str, float], dict[str, float]]] = []
             for i in range(a.pairs):
-                # Who goes first alternates pair by pair, and the first pair's order by round,
-                # for every configuration alike (before, it also went by configuration, so with
-                # `--threads 1,2` the order went with the thread count).
-                if (rnd + i) % 2 == 0:
-                    ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                    ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                else:
-                    ref = _llama_bench(exe, gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                    ours = _haqa(gguf, t, a.n_prompt, a.n_gen, a.repetitions)
-                pairs.append((ours, ref))
+                readings = _pair(exe, gguf, t, a, shift=rnd + i)
+                pairs.append((readings["haqa"], readings["llama-bench"]))
+                if "again" in readings:
+                    twins.append((readings["again"], readings["llama-bench"]))
+                ours, ref = pairs[-1]
                 if "host_us" in ours and "tg" in ref:
                     host_us.setdefault((spec, q, t), []).append((ours["host_us"], 1e6 / ref["tg"]))
             for test in ("pp", "tg"):
-                both = [(o[test], r[test]) for o, r in pairs if test in o and test in r]
-                if both:
-                    got.setdefault((spec, q, t, test), []).append(Round.of(both))
+                for sink, runs in ((got, pairs), (control, twins)):
+                    both = [(o[test], r[test]) for o, r in runs if test in o and test in r]
+                    if both:
+                        sink.setdefault((spec, q, t, test), []).append(Round.of(both))
             shown = {
                 test: " ".join(f"{o[test]:.0f}/{r[test]:.0f}" for o, r in pairs if test in o)
                 for test in ("pp", "tg")
@@ -190,7 +230,7 @@ def main() -> int:
                 f"pp {shown['pp']}  tg {shown['tg']}"
             )
     print()
-    _print_table(got, a.n_prompt, a.n_gen)
+    _print_table(got, control, a.n_prompt, a.n_gen)
     _print_host(host_us)
     return 0
 
@@ -215,14 +255,19 @@ class Round(NamedTuple):
         )
 
 
-def _print_table(got: dict[tuple[str, str, int, str], list[Round]], p: int, n: int) -> None:
+def _print_table(
+    got: dict[tuple[str, str, int, str], list[Round]],
+    control: dict[tuple[str, str, int, str], list[Round]],
+    p: int,
+    n: int,
+) -> None:
     # A configuration's ratio is the median of its per-round ratios; a round's ratio is the
     # median of its pairs' ratios: each pair ran back to back, so a step in the machine's speed
     # between pairs (a VM's memory moves between states seconds long) cancels within a pair.
-    print(
-        "| model | quant | threads | test | haqa t/s | llama-bench t/s | ratio | per round "
-        "| llama-bench vs itself |"
-    )
+    # The control's rounds (llama-bench ÷ llama-bench) are judged by the very same rule.
+    last = "llama-bench ÷ itself, per round" if control else "llama-bench vs itself"
+    head = "| model | quant | threads | test | haqa t/s | llama-bench t/s | ratio | per round"
+    print(f"{head} | {last} |")
     print("|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = {"pp": [], "tg": []}
     for (spec, q, t, test), rounds in got.items():
@@ -232,23 +277,36 @@ def _print_table(got: dict[tuple[str, str, int, str], list[Round]], p: int, n: i
         ratios[test] += per_round
         name = f"pp{p}" if test == "pp" else f"tg{n}"
         per = " ".join(f"{r:.2f}" for r in per_round)
-        spread = max(r.ref_spread for r in rounds)
+        twin = control.get((spec, q, t, test))
+        if twin:
+            mine = " ".join(f"{r.ratio:.2f}" for r in twin)
+        else:
+            mine = f"{max(r.ref_spread for r in rounds):.2f}x"
         print(
             f"| {spec} | {q} | {t} | {name} | {h:.2f} | {lb:.2f} | "
-            f"{statistics.median(per_round):.3f} | {per} | {spread:.2f}x |"
+            f"{statistics.median(per_round):.3f} | {per} | {mine} |"
         )
     print()
+    _summarise("haqa ÷ llama-bench", ratios)
+    if control:
+        mine_ratios: dict[str, list[float]] = {"pp": [], "tg": []}
+        for (_, _, _, test), rounds in control.items():
+            mine_ratios[test] += [r.ratio for r in rounds]
+        _summarise("control, llama-bench ÷ llama-bench", mine_ratios)
+
+
+def _summarise(label: str, ratios: dict[str, list[float]]) -> None:
     every = [r for rs in ratios.values() for r in rs]
     for test, rs in ratios.items():
         if rs:
             print(
-                f"{test}: median ratio {statistics.median(rs):.3f} over {len(rs)} round ratios "
-                f"(range {min(rs):.2f}–{max(rs):.2f}; target median 0.95–1.05)"
+                f"{label}: {test}: median ratio {statistics.median(rs):.3f} over {len(rs)} round "
+                f"ratios (range {min(rs):.2f}–{max(rs):.2f}; target median 0.95–1.05)"
             )
     if every:
         ok = all(0.90 <= r <= 1.10 for r in every)
         print(
-            f"every round's ratio within 0.90–1.10: {ok} "
+            f"{label}: every round's ratio within 0.90–1.10: {ok} "
             f"({sum(not 0.9 <= r <= 1.1 for r in every)} out)"
         )
 
