@@ -4,7 +4,8 @@ Builds ``llama-bench`` from the sources llama-cpp-python vendors (once, see
 ``llama_bench_build.py``) and runs it on the installed wheel's own libraries, so both tools run
 the same kernels and only their drivers differ; then runs both on the same GGUF files with the
 same knobs, in back-to-back pairs (``--pairs`` per configuration and round, who goes first
-alternating pair by pair and round by round), and prints haqa ÷ llama-bench for pp and tg
+alternating pair by pair and round by round; with the control, llama-bench runs in the middle of
+haqa's run and its own second one), and prints haqa ÷ llama-bench for pp and tg
 tokens/s: a round's ratio is the median of its pairs' ratios, a configuration's the median over
 rounds. Target: median pp and tg ratios within 0.95–1.05, every round's ratio within 0.90–1.10.
 
@@ -100,6 +101,8 @@ def _llama_bench(exe: Path, gguf: Path, threads: int, p: int, n: int, r: int) ->
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
             raise RuntimeError(f"llama-bench failed ({proc.returncode}): {tail}")
         rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        if not rows:
+            raise RuntimeError(f"llama-bench printed no result for {test} ({gguf.name})")
         out[test] = float(rows[-1]["avg_ts"])
     return out
 
@@ -144,13 +147,17 @@ def _files(models: list[str], quants: str) -> dict[tuple[str, str], Path]:
 def _pair(
     exe: Path, gguf: Path, threads: int, a: argparse.Namespace, shift: int
 ) -> dict[str, dict[str, float]]:
-    """One pair: haqa and llama-bench back to back (and, with the control, llama-bench again),
-    in an order that rotates with ``shift`` (the round plus the pair's index), so that no arm
-    always goes first or always follows the same arm."""
+    """One pair: haqa and llama-bench back to back, haqa first when ``shift`` (the round plus
+    the pair's index) is even. With the control, llama-bench's second run ("again") takes the
+    place mirrored from haqa's: haqa, llama-bench, again; then again, llama-bench, haqa. Both
+    ratios are then read with the same timing (adjacent, first and second alternating), and
+    whatever running just before or just after llama-bench does to a process (it gets much of the
+    freed memory of the process before it) falls on haqa and the control alike."""
     arms = ["haqa", "llama-bench"] + (["again"] if a.control else [])
-    shift %= len(arms)
+    if shift % 2:
+        arms.reverse()
     out: dict[str, dict[str, float]] = {}
-    for arm in arms[shift:] + arms[:shift]:
+    for arm in arms:
         if arm == "haqa":
             out[arm] = _haqa(gguf, threads, a.n_prompt, a.n_gen, a.repetitions)
         else:
@@ -182,6 +189,8 @@ def main() -> int:
         help="skip the second llama-bench run per pair (llama-bench ÷ itself, same pairing)",
     )
     a = ap.parse_args()
+    if a.pairs < 1 or a.rounds < 1:
+        ap.error("--pairs and --rounds must be at least 1")
     if a.rounds % 2:
         print(f"note: {a.rounds} rounds: one order runs once more than the other")
     try:
@@ -221,13 +230,17 @@ def main() -> int:
                     both = [(o[test], r[test]) for o, r in runs if test in o and test in r]
                     if both:
                         sink.setdefault((spec, q, t, test), []).append(Round.of(both))
+            # Each pair's readings, tok/s: haqa/llama-bench, and /again (the control's run).
+            runs = [(o, r, *(twins[i][:1] if twins else ())) for i, (o, r) in enumerate(pairs)]
             shown = {
-                test: " ".join(f"{o[test]:.0f}/{r[test]:.0f}" for o, r in pairs if test in o)
+                test: " ".join("/".join(f"{x[test]:.0f}" for x in run) for run in runs)
                 for test in ("pp", "tg")
+                if all(test in x for run in runs for x in run)
             }
             print(
-                f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: haqa/llama-bench "
-                f"pp {shown['pp']}  tg {shown['tg']}"
+                f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: "
+                f"haqa/llama-bench{'/again' if twins else ''} "
+                + "  ".join(f"{test} {line}" for test, line in shown.items())
             )
     print()
     _print_table(got, control, a.n_prompt, a.n_gen)
