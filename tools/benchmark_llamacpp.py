@@ -274,10 +274,10 @@ def _thread_pools(lib: Any, ctx: Any, rt: RuntimeSettings) -> list[Any]:
 
 class _Decoder:
     """The timed loops, as lean per token as llama-bench's C++ (tools/llama-bench): token ids are
-    drawn before the clock starts, a generated token goes through one persistent single-token
-    batch with llama.cpp's own positions (``llama_batch_get_one``), and nothing is allocated per
-    token. Time spent outside ``llama_decode`` and ``llama_synchronize`` is counted per token as
-    ``host_ns``: the overhead of driving llama.cpp from Python."""
+    drawn (:meth:`draw`) before the clock starts, a generated token goes through one persistent
+    single-token batch with llama.cpp's own positions (``llama_batch_get_one``), and nothing is
+    allocated per token. Time spent outside ``llama_decode`` and ``llama_synchronize`` is
+    counted per token as ``host_ns``: the overhead of driving llama.cpp from Python."""
 
     def __init__(self, lib: Any, model: Any, rt: RuntimeSettings) -> None:
         import numpy as np
@@ -292,15 +292,16 @@ class _Decoder:
         self.one = (lib.llama_token * 1)()
         self.host_ns = 0
 
-    def _draw(self, n: int) -> list[int]:
+    def draw(self, n: int) -> list[int]:
+        """``n`` random token ids, BOS first when the model adds one; drawn outside the timing."""
         ids = [int(t) for t in self.rng.integers(0, self.n_vocab, size=n)]
         if ids and self.bos >= 0:
             ids[0] = self.bos  # the first token of a sequence, as llama-bench
         return ids
 
-    def prompt(self, ctx: Any, n_prompt: int) -> None:
-        """``n_prompt`` tokens in ``n_batch``-sized calls, logits of the last token of each."""
-        lib, ids, done = self.lib, self._draw(n_prompt), 0
+    def prompt(self, ctx: Any, ids: list[int]) -> None:
+        """The prompt ``ids`` in ``n_batch``-sized calls, logits of the last token of each."""
+        lib, n_prompt, done = self.lib, len(ids), 0
         while done < n_prompt:
             n = min(n_prompt - done, self.rt.n_batch)
             self.tokens[:n] = ids[done : done + n]
@@ -309,10 +310,9 @@ class _Decoder:
             done += n
         lib.llama_synchronize(ctx)
 
-    def generate(self, ctx: Any, n_gen: int) -> None:
-        """``n_gen`` single-token decodes, each followed by ``llama_synchronize``."""
+    def generate(self, ctx: Any, ids: list[int]) -> None:
+        """One single-token decode per id, each followed by ``llama_synchronize``."""
         lib, one = self.lib, self.one
-        ids = self._draw(n_gen)
         batch = lib.llama_batch_get_one(one, 1)
         decode, sync, clock = lib.llama_decode, lib.llama_synchronize, time.perf_counter_ns
         inside = 0
@@ -347,16 +347,17 @@ def measure(args: Args) -> dict[str, Any]:
         run = decoder.prompt if kind == "pp" else decoder.generate
         try:
             lib.llama_memory_clear(memory, False)
-            run(ctx, n_prompt if kind == "pp" else 1)  # warm-up: one run (pp), one token (tg)
+            run(ctx, decoder.draw(n_prompt if kind == "pp" else 1))  # warm-up: pp run, 1 token
             samples: list[int] = []
             host: list[int] = []
             cap = max(args.repetitions, args.max_repetitions)
             while needs_more(
                 samples, minimum=args.repetitions, target_rsd=args.target_rsd, cap=cap
             ):
+                ids = decoder.draw(n_prompt or n_gen)  # before the clock, not on it
                 lib.llama_memory_clear(memory, False)
                 t0 = time.perf_counter_ns()
-                run(ctx, n_prompt or n_gen)
+                run(ctx, ids)
                 samples.append(time.perf_counter_ns() - t0)
                 host.append(decoder.host_ns)
         finally:
