@@ -15,14 +15,14 @@ haqa reading against one llama-bench reading a few seconds later is out by a thi
 falls between them; with several adjacent pairs a step spoils one pair, not the round.
 
 The control (on unless ``--no-control``; without it the last column is how far llama-bench moved
-against itself within a round): each pair gets a second llama-bench run, the three in an order
-that rotates pair by pair, and llama-bench ÷ llama-bench goes through the very same pairing and
-medians as haqa ÷ llama-bench, in a column and a summary line of its own. A round that the
-control also misses was the machine's. The control is a lower bound on the machine's share, not
-all of it: on a 2-vCPU Zen 5 guest a process keeps a speed offset of up to ~7% for its life, and
-two llama-bench processes in a row get 70–90% of the same physical pages for their large buffers
-(haqa's process after llama-bench's, ~40%), so the twins share more of their luck than haqa and
-llama-bench can.
+against itself within a round): each pair gets a second llama-bench run, in the place mirrored
+from haqa's (see :func:`_pair`), and llama-bench ÷ llama-bench goes through the very same
+pairing and medians as haqa ÷ llama-bench, in a column and a summary line of its own. A round
+that the control also misses was the machine's. The control is a lower bound on the machine's
+share, not all of it: on a 2-vCPU Zen 5 guest a process keeps a speed offset of up to ~7% for
+its life, and two llama-bench processes in a row get 70–90% of the same physical pages for their
+large buffers (haqa's process after llama-bench's, ~40%), so the twins share more of their luck
+than haqa and llama-bench can.
 
 Each test gets llama-bench's own context size (pp: ``n_prompt`` cells, tg: ``n_gen``), so the two
 tools do the same work per token. It also prints haqa's host overhead per generated token (time
@@ -86,12 +86,15 @@ def _base_gguf(spec: str) -> Path:
     return export_gguf(ExportArgs(model=ref.path, outtype="F16")).gguf_path
 
 
+def _tests(p: int, n: int) -> list[tuple[str, int, int]]:
+    """The pp and tg tests that have tokens, as (name, n_prompt, n_gen): one process each."""
+    return [(test, pp, tg) for test, pp, tg in (("pp", p, 0), ("tg", 0, n)) if pp + tg > 0]
+
+
 def _llama_bench(exe: Path, gguf: Path, threads: int, p: int, n: int, r: int) -> dict[str, float]:
     """pp and tg as two llama-bench processes, as haqa's side runs them (see :func:`_haqa`)."""
     out: dict[str, float] = {}
-    for test, n_prompt, n_gen in (("pp", p, 0), ("tg", 0, n)):
-        if n_prompt + n_gen == 0:
-            continue
+    for test, n_prompt, n_gen in _tests(p, n):
         cmd = [str(exe), "-m", str(gguf), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(r)]
         cmd += ["-t", str(threads), "-b", "2048", "-ub", "512", "-fa", "0", "-ctk", "f16"]
         cmd += ["-ctv", "f16", "-ngl", "0", "-lm", "mmap"]
@@ -115,9 +118,7 @@ def _haqa(gguf: Path, threads: int, p: int, n: int, r: int) -> dict[str, float]:
     llama-bench's with ``-p 0``, 0.987 in llama-bench's after its own pp), so a tg that follows
     a pp on one side only is a bias of its own, ~2% with ``-r 3``."""
     out: dict[str, float] = {}
-    for test, n_prompt, n_gen in (("pp", p, 0), ("tg", 0, n)):
-        if n_prompt + n_gen == 0:
-            continue
+    for test, n_prompt, n_gen in _tests(p, n):
         rt = RuntimeSettings(
             n_threads=threads, n_batch=2048, n_ubatch=512, n_ctx=max(n_prompt + n_gen, 16)
         )
@@ -144,6 +145,10 @@ def _files(models: list[str], quants: str) -> dict[tuple[str, str], Path]:
     return files
 
 
+#: The runs of a pair: haqa, llama-bench, and (the control) llama-bench again.
+ARMS = ("haqa", "llama-bench", "again")
+
+
 def _pair(
     exe: Path, gguf: Path, threads: int, a: argparse.Namespace, shift: int
 ) -> dict[str, dict[str, float]]:
@@ -153,7 +158,7 @@ def _pair(
     ratios are then read with the same timing (adjacent, first and second alternating), and
     whatever running just before or just after llama-bench does to a process (it gets much of the
     freed memory of the process before it) falls on haqa and the control alike."""
-    arms = ["haqa", "llama-bench"] + (["again"] if a.control else [])
+    arms = list(ARMS if a.control else ARMS[:2])
     if shift % 2:
         arms.reverse()
     out: dict[str, dict[str, float]] = {}
@@ -215,33 +220,27 @@ def main() -> int:
     for rnd in range(a.rounds):
         for (spec, q), t in combos:
             gguf = files[(spec, q)]
-            pairs: list[tuple[dict[str, float], dict[str, float]]] = []
-            twins: list[tuple[dict[str, float], dict[str, float]]] = []
-            for i in range(a.pairs):
-                readings = _pair(exe, gguf, t, a, shift=rnd + i)
-                pairs.append((readings["haqa"], readings["llama-bench"]))
-                if "again" in readings:
-                    twins.append((readings["again"], readings["llama-bench"]))
-                ours, ref = pairs[-1]
+            runs = [_pair(exe, gguf, t, a, shift=rnd + i) for i in range(a.pairs)]
+            for run in runs:
+                ours, ref = run["haqa"], run["llama-bench"]
                 if "host_us" in ours and "tg" in ref:
                     host_us.setdefault((spec, q, t), []).append((ours["host_us"], 1e6 / ref["tg"]))
-            for test in ("pp", "tg"):
-                for sink, runs in ((got, pairs), (control, twins)):
-                    both = [(o[test], r[test]) for o, r in runs if test in o and test in r]
+            tests = [test for test, _, _ in _tests(a.n_prompt, a.n_gen)]
+            for test in tests:
+                for sink, arm in ((got, "haqa"), (control, "again")):
+                    both = [
+                        (run[arm][test], run["llama-bench"][test]) for run in runs if arm in run
+                    ]
                     if both:
                         sink.setdefault((spec, q, t, test), []).append(Round.of(both))
             # Each pair's readings, tok/s: haqa/llama-bench, and /again (the control's run).
-            runs = [(o, r, *(twins[i][:1] if twins else ())) for i, (o, r) in enumerate(pairs)]
-            shown = {
-                test: " ".join("/".join(f"{x[test]:.0f}" for x in run) for run in runs)
-                for test in ("pp", "tg")
-                if all(test in x for run in runs for x in run)
-            }
-            print(
-                f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: "
-                f"haqa/llama-bench{'/again' if twins else ''} "
-                + "  ".join(f"{test} {line}" for test, line in shown.items())
+            arms = ARMS if a.control else ARMS[:2]
+            shown = "  ".join(
+                f"{test} "
+                + " ".join("/".join(f"{run[arm][test]:.0f}" for arm in arms) for run in runs)
+                for test in tests
             )
+            print(f"  round {rnd + 1}/{a.rounds} {spec} {q} t={t}: {'/'.join(arms)} {shown}")
     print()
     _print_table(got, control, a.n_prompt, a.n_gen)
     _print_host(host_us)
